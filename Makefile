@@ -1,0 +1,28 @@
+# Every target creates .venv on first use: a fresh machine needs nothing but Python 3.10+.
+PYTHON ?= python3
+VENV   ?= .venv
+BIN    := $(VENV)/bin
+STAMP  := $(VENV)/.installed-stamp
+ARGS   ?=
+
+.PHONY: venv demo test bench scaling-sweep fetch-weights clean-runs
+
+$(STAMP): pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet -e '.[dev]'
+	touch $(STAMP)
+
+venv: $(STAMP)
+
+demo: $(STAMP)  ## train all 10 digit labels (~2 min budget), score them, write runs/digits-*/report.md
+	$(BIN)/wcgan train --config experiments/digits.yaml $(ARGS)
+
+test: $(STAMP)  ## the test suite (real local Ray, CPU only, no network)
+	$(BIN)/python -m pytest $(ARGS)
+
+bench: $(STAMP)  ## throughput ratio vs a bare loop, start-up latency, placement at 10/100/1000 labels
+	$(BIN)/python bench/throughput.py
+	$(BIN)/python bench/placement_sim.py
+
+clean-runs:
+	rm -rf runs/

@@ -1,0 +1,26 @@
+"""Connecting to Ray: the RAY_ADDRESS cluster when set, else a local one sized to the machine."""
+
+from __future__ import annotations
+
+import os
+from typing import Optional
+
+import ray
+
+
+def connect(address: Optional[str] = None, log=print) -> None:
+    """Idempotent: reuses an existing connection (tests, `ray job submit` drivers)."""
+    if ray.is_initialized():
+        return
+    address = address or os.environ.get("RAY_ADDRESS")
+    if address:
+        ray.init(address=address, log_to_driver=True)
+        log(f"connected to Ray cluster at {address}")
+    else:
+        ray.init(address="local", num_cpus=os.cpu_count(), log_to_driver=True)
+        log(f"started a local Ray with {os.cpu_count()} CPUs (set RAY_ADDRESS to use a cluster)")
+
+
+def alive_nodes() -> list[dict[str, float]]:
+    """Resources of every alive node, for planning bundles that must fit on one node."""
+    return [dict(n["Resources"]) for n in ray.nodes() if n.get("Alive")]

@@ -1,0 +1,200 @@
+"""The one config schema: YAML file + dotted ``--set`` overrides, validated.
+
+Every section forbids unknown keys so a typo ("trian.budget_s") is an error
+that names the field instead of a silently ignored setting.
+"""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+from typing import Any, Literal, Optional, Union
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+DATASETS = ("digits", "cifar10", "cifar100", "imagenet1k", "folder")
+
+
+class ConfigError(ValueError):
+    """Bad user input: the CLI prints it and exits with code 2."""
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+class RunConfig(_Section):
+    name: str = "wcgan"
+    storage: str = "runs"
+    # None: <name>-<timestamp>. Fixed ids let a re-submitted job resume a run.
+    id: Optional[str] = None
+
+    @field_validator("name", "id")
+    @classmethod
+    def _safe_name(cls, v):
+        if v is not None and not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._-]*", v):
+            raise ValueError("use letters, digits, '.', '_' or '-' (it names a directory and Ray actors)")
+        return v
+
+
+class DatasetConfig(_Section):
+    name: Literal["digits", "cifar10", "cifar100", "imagenet1k", "folder"] = "digits"
+    root: Optional[str] = None
+    download: bool = False
+    # None: the data set's own resolution (8 for digits, 32 for CIFAR); required for folders
+    # of mixed sizes and for ImageNet.
+    image_size: Optional[int] = Field(default=None, ge=4, le=1024)
+    labels: Union[Literal["all"], list[int]] = "all"
+    # Share of each label's images held out for evaluation (digits, folder, imagenet1k;
+    # CIFAR has its own test split).
+    test_fraction: float = Field(default=0.2, ge=0.0, lt=1.0)
+
+    @field_validator("labels")
+    @classmethod
+    def _labels_unique(cls, v):
+        if isinstance(v, list):
+            if not v:
+                raise ValueError("must be 'all' or a non-empty list of label indices")
+            if len(set(v)) != len(v):
+                raise ValueError("label indices must be unique")
+            if min(v) < 0:
+                raise ValueError("label indices must be >= 0")
+        return v
+
+
+class ModelConfig(_Section):
+    z_dim: int = Field(default=128, ge=1, le=4096)
+    # Channels of the widest-resolution layer; deeper layers double it up to 8x.
+    width: int = Field(default=64, ge=4, le=1024)
+
+
+class TrainConfig(_Section):
+    budget_s: float = Field(default=120.0, gt=0)
+    max_steps: Optional[int] = Field(default=None, ge=1)
+    batch_size: int = Field(default=64, ge=1)
+    n_critic: int = Field(default=5, ge=1)
+    gp_weight: float = Field(default=10.0, ge=0)
+    lr: float = Field(default=1e-4, gt=0, lt=1)
+    betas: tuple[float, float] = (0.0, 0.9)
+    checkpoint_every_s: float = Field(default=30.0, gt=0)
+    # None keeps every checkpoint (the collector scores them over time); N keeps the newest N.
+    keep_checkpoints: Optional[int] = Field(default=None, ge=1)
+    log_every_s: float = Field(default=5.0, gt=0)
+    seed: int = 0
+    # bf16 autocast on CUDA; ignored on CPU.
+    amp: bool = True
+
+    @field_validator("betas")
+    @classmethod
+    def _betas_range(cls, v):
+        if not all(0.0 <= b < 1.0 for b in v):
+            raise ValueError("each beta must be in [0, 1)")
+        return v
+
+
+Auto = Literal["auto"]
+
+
+class ResourcesConfig(_Section):
+    gpus_per_label: Union[Auto, float] = "auto"
+    cpus_per_label: Union[Auto, float] = "auto"
+    placement_strategy: Literal["PACK", "SPREAD", "STRICT_PACK", "STRICT_SPREAD"] = "PACK"
+    # How long to wait for the placement group before failing (autoscaling clusters need longer).
+    placement_timeout_s: float = Field(default=120.0, gt=0)
+
+    @field_validator("gpus_per_label", "cpus_per_label")
+    @classmethod
+    def _non_negative(cls, v):
+        if v != "auto" and not (0 <= v <= 1024):
+            raise ValueError("must be 'auto' or a number in [0, 1024]")
+        return v
+
+
+class MetricsConfig(_Section):
+    # auto: inception for natural images at >= 32 px, else a classifier trained on the data set.
+    feature_extractor: Literal["auto", "classifier", "inception"] = "auto"
+    feature_extractor_weights_path: Optional[str] = None
+    samples_per_label: int = Field(default=200, ge=2)
+    # Score intermediate checkpoints every this much training time (None: final only).
+    every_s: Optional[float] = Field(default=None, gt=0)
+    is_splits: int = Field(default=10, ge=1)
+    batch_size: int = Field(default=256, ge=1)
+    enabled: bool = True
+
+
+class Config(_Section):
+    run: RunConfig = RunConfig()
+    dataset: DatasetConfig = DatasetConfig()
+    model: ModelConfig = ModelConfig()
+    train: TrainConfig = TrainConfig()
+    resources: ResourcesConfig = ResourcesConfig()
+    metrics: MetricsConfig = MetricsConfig()
+    max_restarts: int = Field(default=1, ge=0)
+
+    def to_dict(self) -> dict:
+        return self.model_dump(mode="json")
+
+
+def _parse_value(text: str) -> Any:
+    """`--set a.b=1e-4` values are YAML scalars/lists, so types match the file's."""
+    try:
+        return yaml.safe_load(text)
+    except yaml.YAMLError:
+        return text
+
+
+def apply_overrides(raw: dict, overrides: list[str]) -> dict:
+    for item in overrides:
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            raise ConfigError(f"--set {item!r}: expected key=value, e.g. train.budget_s=60")
+        node = raw
+        parts = key.split(".")
+        for part in parts[:-1]:
+            child = node.setdefault(part, {})
+            if not isinstance(child, dict):
+                raise ConfigError(f"--set {key}: '{part}' is not a section")
+            node = child
+        node[parts[-1]] = _parse_value(value)
+    return raw
+
+
+def _format_errors(err: ValidationError, source: str) -> str:
+    lines = [f"invalid config ({source}):"]
+    for e in err.errors():
+        field = ".".join(str(p) for p in e["loc"] if not str(p).startswith(("literal[", "float", "function")))
+        msg = e["msg"]
+        if e["type"] == "extra_forbidden":
+            msg = "unknown key"
+        lines.append(f"  {field}: {msg} (got {e.get('input')!r})" if e["type"] != "missing" else f"  {field}: {msg}")
+    return "\n".join(lines)
+
+
+def validate(raw: dict, source: str = "config") -> Config:
+    try:
+        return Config.model_validate(raw)
+    except ValidationError as err:
+        raise ConfigError(_format_errors(err, source)) from None
+
+
+def load_config(path: Optional[str | Path] = None, overrides: Optional[list[str]] = None) -> Config:
+    raw: dict = {}
+    source = "defaults"
+    if path is not None:
+        path = Path(path)
+        if not path.is_file():
+            raise ConfigError(f"config file not found: {path}")
+        try:
+            raw = yaml.safe_load(path.read_text()) or {}
+        except yaml.YAMLError as err:
+            raise ConfigError(f"{path}: not valid YAML: {err}") from None
+        if not isinstance(raw, dict):
+            raise ConfigError(f"{path}: top level must be a mapping of sections")
+        source = str(path)
+    raw = apply_overrides(raw, overrides or [])
+    return validate(raw, source)
+
+
+def save_config(cfg: Config, path: Path) -> None:
+    path.write_text(yaml.safe_dump(cfg.to_dict(), sort_keys=False))

@@ -1,0 +1,155 @@
+"""Run lifecycle: validate, plan, place, train every label at once, collect.
+
+Everything that can fail on bad input (config, data, placement) fails before
+the run directory is created, so a rejected run leaves nothing behind.
+"""
+
+from __future__ import annotations
+
+import shutil
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable, Optional
+
+import ray
+from ray.util.placement_group import placement_group, remove_placement_group
+from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
+
+from orchestrator.cluster import alive_nodes, connect
+from orchestrator.config import Config, ConfigError, save_config
+from orchestrator.resources import PlacementError, ResourcePlan, plan_resources
+from workers import checkpoint
+from workers.data import DataError, DatasetInfo, describe
+
+
+class RunFailed(RuntimeError):
+    """Some label actors failed for good (after their restarts)."""
+
+
+@dataclass
+class RunResult:
+    run_dir: Path
+    plan: ResourcePlan
+    summaries: list[dict]
+    outputs: dict
+    wall_s: float
+
+
+def new_run_id(cfg: Config) -> str:
+    return cfg.run.id or f"{cfg.run.name}-{time.strftime('%Y%m%d-%H%M%S')}"
+
+
+def actor_name(run_id: str, label: int) -> str:
+    return f"wcgan/{run_id}/label-{label}"
+
+
+def place(plan: ResourcePlan, run_id: str, timeout_s: float):
+    """A placement group holding every label's bundle, or a PlacementError (never a silent pend)."""
+    pg = placement_group(plan.bundles, strategy=plan.strategy, name=f"wcgan/{run_id}")
+    ready, _ = ray.wait([pg.ready()], timeout=timeout_s)
+    if not ready:
+        remove_placement_group(pg)
+        raise PlacementError(
+            f"could not place {plan.describe()} within resources.placement_timeout_s={timeout_s:g}s; "
+            f"cluster resources: {ray.cluster_resources()}, available: {ray.available_resources()}"
+        )
+    return pg
+
+
+def start_label_actors(run_dir: Path, cfg: Config, run_id: str, labels, plan: ResourcePlan, pg,
+                       collector=None) -> list:
+    """One named actor per label, bundle i of the placement group for label i."""
+    from workers.trainer import LabelTrainer
+
+    remote_trainer = ray.remote(LabelTrainer)
+    return [
+        remote_trainer.options(
+            name=actor_name(run_id, label),
+            num_cpus=plan.cpus_per_label,
+            num_gpus=plan.gpus_per_label,
+            max_restarts=cfg.max_restarts,
+            max_task_retries=cfg.max_restarts,
+            scheduling_strategy=PlacementGroupSchedulingStrategy(pg, placement_group_bundle_index=i),
+        ).remote(str(run_dir), cfg.to_dict(), label, run_id, plan.torch_threads, collector)
+        for i, label in enumerate(labels)
+    ]
+
+
+def _has_checkpoints(run_dir: Path, labels) -> bool:
+    return any(checkpoint.latest_checkpoint(run_dir, k) for k in labels)
+
+
+def train(cfg: Config, address: Optional[str] = None, log: Callable[[str], None] = print,
+          evaluate: Optional[bool] = None) -> RunResult:
+    from metrics.collector import Collector, format_progress
+    t_start = time.monotonic()
+    info: DatasetInfo = describe(cfg.dataset)
+    connect(address, log=log)
+    nodes = alive_nodes()
+    plan = plan_resources(len(info.labels), nodes, cfg.resources)
+    run_id = new_run_id(cfg)
+    run_dir = Path(cfg.run.storage) / run_id
+    resuming = (run_dir / "config.yaml").exists()
+    log(f"run {run_id}: {info.name} {info.image_size}x{info.image_size}x{info.channels}, "
+        f"{len(info.labels)} labels, budget {cfg.train.budget_s:g}s per label; {plan.describe()}")
+
+    pg = place(plan, run_id, cfg.resources.placement_timeout_s)
+    actors, collector = [], None
+    created_dir = not run_dir.exists()
+    try:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        save_config(cfg, run_dir / "config.yaml")
+        if resuming:
+            log(f"resuming {run_dir}: labels continue from their latest checkpoints")
+        collector = ray.remote(Collector).options(
+            name=f"wcgan/{run_id}/collector", num_cpus=0, max_restarts=0,
+        ).remote(str(run_dir), list(info.labels))
+        actors = start_label_actors(run_dir, cfg, run_id, info.labels, plan, pg, collector)
+        pending = {a.run.remote(): label for a, label in zip(actors, info.labels)}
+        summaries, failures = [], {}
+        t_train = time.monotonic()
+        while pending:
+            done, _ = ray.wait(list(pending), num_returns=len(pending), timeout=cfg.train.log_every_s)
+            for ref in done:
+                label = pending.pop(ref)
+                try:
+                    summaries.append(ray.get(ref))
+                except ray.exceptions.RayTaskError as err:
+                    cause = err.as_instanceof_cause()
+                    if isinstance(cause, ConfigError):
+                        raise cause from None  # bad data found by the actor: a user error, not a crash
+                    failures[label] = str(err).splitlines()[-1] if str(err) else repr(err)
+                    collector.report_failed.remote(label, failures[label])
+                except ray.exceptions.RayActorError as err:
+                    failures[label] = f"actor died: {err}".splitlines()[0]
+                    collector.report_failed.remote(label, failures[label])
+            log(format_progress(ray.get(collector.progress.remote()), cfg.train.budget_s,
+                                time.monotonic() - t_train))
+        if failures:
+            raise RunFailed(
+                f"{len(failures)} of {len(info.labels)} labels failed after {cfg.max_restarts} restarts: "
+                + "; ".join(f"label {k}: {msg}" for k, msg in sorted(failures.items()))
+                + f". Checkpoints are kept in {run_dir}; re-run with --set run.id={run_id} to resume."
+            )
+        do_eval = cfg.metrics.enabled if evaluate is None else evaluate
+        log("all labels done; collecting" + (" and scoring the ensemble" if do_eval else ""))
+        outputs = ray.get(collector.finalize.remote(evaluate=do_eval))
+        result = RunResult(run_dir, plan, sorted(summaries, key=lambda s: s["label"]), outputs,
+                           time.monotonic() - t_start)
+        log(f"run directory: {run_dir}")
+        return result
+    except (ConfigError, KeyboardInterrupt):
+        # Bad input or an interrupt before any work was saved: leave no half-written run.
+        if created_dir and not _has_checkpoints(run_dir, info.labels):
+            shutil.rmtree(run_dir, ignore_errors=True)
+        raise
+    finally:
+        for a in actors:
+            ray.kill(a, no_restart=True)
+        if collector is not None:
+            ray.kill(collector, no_restart=True)
+        remove_placement_group(pg)
+
+
+__all__ = ["train", "RunResult", "RunFailed", "DataError", "PlacementError", "actor_name", "new_run_id"]

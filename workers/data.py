@@ -1,0 +1,245 @@
+"""Data sets, split by label: each trainer loads only its own label's images.
+
+Images come back as uint8 tensors [N, C, H, W] at the configured resolution;
+trainers keep them resident on their device as uint8 (4x smaller than float)
+and convert per batch with :func:`to_model_range`.
+"""
+
+from __future__ import annotations
+
+import os
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from functools import lru_cache
+from pathlib import Path
+from typing import Optional
+
+import numpy as np
+import torch
+
+from orchestrator.config import ConfigError, DatasetConfig
+
+IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm", ".pgm")
+NATIVE_SIZE = {"digits": 8, "cifar10": 32, "cifar100": 32, "imagenet1k": 64}
+DEFAULT_ROOT = "data"
+
+
+class DataError(ConfigError):
+    """A data root, file or label the config points at is missing or unreadable."""
+
+
+@dataclass(frozen=True)
+class DatasetInfo:
+    name: str
+    labels: tuple[int, ...]          # the labels this run trains
+    label_names: tuple[str, ...]     # names of those labels, same order
+    num_classes: int                 # classes in the whole data set
+    channels: int
+    image_size: int
+
+
+def to_model_range(images: torch.Tensor) -> torch.Tensor:
+    """uint8 [0, 255] -> float [-1, 1] (the generator's tanh range)."""
+    return images.float().div_(127.5).sub_(1.0)
+
+
+def to_uint8(images: torch.Tensor) -> torch.Tensor:
+    """float [-1, 1] -> uint8 [0, 255]."""
+    return images.detach().float().add(1.0).mul(127.5).round_().clamp_(0, 255).to(torch.uint8)
+
+
+# ---------------------------------------------------------------- sources
+
+def _split_indices(n: int, label: int, test_fraction: float, split: str) -> np.ndarray:
+    """Deterministic per-label train/test split (same on every node, no shared state)."""
+    perm = np.random.default_rng(1000 + label).permutation(n)
+    n_test = int(round(n * test_fraction))
+    if n - n_test < 1:
+        n_test = n - 1
+    return np.sort(perm[n_test:] if split == "train" else perm[:n_test])
+
+
+@lru_cache(maxsize=1)
+def _digits_arrays() -> tuple[np.ndarray, np.ndarray]:
+    from sklearn.datasets import load_digits
+
+    d = load_digits()
+    images = np.round(d.images * (255.0 / 16.0)).astype(np.uint8)[:, None]  # [N,1,8,8]
+    return images, d.target.astype(np.int64)
+
+
+def _cifar(cfg: DatasetConfig, split: str):
+    from torchvision import datasets
+
+    cls = datasets.CIFAR10 if cfg.name == "cifar10" else datasets.CIFAR100
+    folder = "cifar-10-batches-py" if cfg.name == "cifar10" else "cifar-100-python"
+    root = Path(cfg.root or DEFAULT_ROOT)
+    try:
+        return cls(str(root), train=(split == "train"), download=cfg.download)
+    except RuntimeError as err:
+        raise DataError(
+            f"dataset.root: {cfg.name} not found under {root.resolve()} ({err}). Either set "
+            f"dataset.download=true on a machine with a network, or put the extracted '{folder}/' "
+            f"directory there (dataset.root={root})."
+        ) from None
+    except OSError as err:  # download attempted without a network
+        raise DataError(
+            f"dataset.root: could not download {cfg.name} into {root.resolve()} ({err}). "
+            f"Download it where a network exists and copy '{folder}/' to dataset.root."
+        ) from None
+
+
+def _folder_root(cfg: DatasetConfig) -> Path:
+    if cfg.root is None:
+        raise DataError(f"dataset.root: required for dataset.name={cfg.name} (a directory with one sub-folder per label)")
+    root = Path(cfg.root)
+    if not root.is_dir():
+        raise DataError(f"dataset.root: directory not found: {root}")
+    return root
+
+
+def _folder_classes(root: Path) -> list[str]:
+    classes = sorted(e.name for e in os.scandir(root) if e.is_dir() and not e.name.startswith("."))
+    if not classes:
+        raise DataError(f"dataset.root: {root} has no sub-folders; expected one sub-folder of images per label")
+    return classes
+
+
+def _folder_files(class_dir: Path) -> list[Path]:
+    return sorted(p for p in class_dir.rglob("*") if p.suffix.lower() in IMAGE_EXTENSIONS and p.is_file())
+
+
+def _open_rgb(path: Path):
+    from PIL import Image, UnidentifiedImageError
+
+    try:
+        with Image.open(path) as im:
+            return im.convert("RGB")
+    except (UnidentifiedImageError, OSError, ValueError) as err:
+        raise DataError(f"unreadable image: {path} ({err})") from None
+
+
+def _resize_square(img, size: int) -> np.ndarray:
+    """Resize the short side to `size`, centre-crop to size x size."""
+    from PIL import Image
+
+    w, h = img.size
+    scale = size / min(w, h)
+    if (w, h) != (size, size):
+        img = img.resize((max(size, round(w * scale)), max(size, round(h * scale))), Image.BICUBIC)
+        w, h = img.size
+        left, top = (w - size) // 2, (h - size) // 2
+        img = img.crop((left, top, left + size, top + size))
+    return np.asarray(img, dtype=np.uint8).transpose(2, 0, 1)
+
+
+def _folder_image_size(cfg: DatasetConfig, root: Path, classes: list[str]) -> int:
+    if cfg.image_size is not None:
+        return cfg.image_size
+    if cfg.name in NATIVE_SIZE:
+        return NATIVE_SIZE[cfg.name]
+    files = _folder_files(root / classes[0])
+    if not files:
+        raise DataError(f"label 0 ('{classes[0]}'): no images in {root / classes[0]}")
+    return min(_open_rgb(files[0]).size)
+
+
+# ---------------------------------------------------------------- public API
+
+def describe(cfg: DatasetConfig, check_files: bool = True) -> DatasetInfo:
+    """Validate the data set and the labels the run asks for, cheaply, before any actor starts.
+
+    For folder data every file's header is opened, so an unreadable image is reported
+    (with its path) before a run directory exists.
+    """
+    if cfg.name == "digits":
+        names = [str(i) for i in range(10)]
+        channels, native = 1, 8
+        counts = np.bincount(_digits_arrays()[1], minlength=10)
+    elif cfg.name in ("cifar10", "cifar100"):
+        ds = _cifar(cfg, "train")
+        names = list(ds.classes)
+        channels, native = 3, 32
+        counts = np.bincount(np.asarray(ds.targets), minlength=len(names))
+    else:
+        root = _folder_root(cfg)
+        names = _folder_classes(root)
+        channels = 3
+        counts = np.zeros(len(names), dtype=np.int64)
+        native = None
+    labels = list(range(len(names))) if cfg.labels == "all" else list(cfg.labels)
+    bad = [k for k in labels if k >= len(names)]
+    if bad:
+        raise DataError(f"dataset.labels: {bad} out of range; {cfg.name} has {len(names)} labels (0..{len(names) - 1})")
+    if cfg.name in ("folder", "imagenet1k"):
+        for k in labels:
+            files = _folder_files(root / names[k])
+            counts[k] = len(files)
+            if check_files:
+                for f in files:
+                    _check_header(f)
+        native = _folder_image_size(cfg, root, names)
+    for k in labels:
+        if counts[k] == 0:
+            where = f" ({_folder_root(cfg) / names[k]})" if cfg.name in ("folder", "imagenet1k") else ""
+            raise DataError(f"dataset.labels: label {k} ('{names[k]}') has no images{where}")
+    size = cfg.image_size or native
+    return DatasetInfo(cfg.name, tuple(labels), tuple(names[k] for k in labels), len(names), channels, size)
+
+
+def _check_header(path: Path) -> None:
+    from PIL import Image, UnidentifiedImageError
+
+    try:
+        with Image.open(path) as im:
+            im.size  # header only: cheap even for ImageNet-sized folders
+    except (UnidentifiedImageError, OSError, ValueError) as err:
+        raise DataError(f"unreadable image: {path} ({err})") from None
+
+
+def _resize_tensor(images: np.ndarray, size: int) -> np.ndarray:
+    if images.shape[-1] == size and images.shape[-2] == size:
+        return images
+    t = torch.from_numpy(images).float()
+    t = torch.nn.functional.interpolate(t, size=(size, size), mode="bilinear", antialias=True, align_corners=False)
+    return t.round().clamp(0, 255).to(torch.uint8).numpy()
+
+
+def load_label(cfg: DatasetConfig, label: int, split: str = "train", image_size: Optional[int] = None) -> torch.Tensor:
+    """Only this label's images of one split, uint8 [N, C, S, S]."""
+    if split not in ("train", "test"):
+        raise ValueError(f"split must be 'train' or 'test', not {split!r}")
+    if cfg.name == "digits":
+        images, targets = _digits_arrays()
+        own = images[targets == label]
+        out = own[_split_indices(len(own), label, cfg.test_fraction, split)]
+        size = image_size or cfg.image_size or 8
+    elif cfg.name in ("cifar10", "cifar100"):
+        ds = _cifar(cfg, split)
+        out = ds.data[np.asarray(ds.targets) == label].transpose(0, 3, 1, 2)
+        size = image_size or cfg.image_size or 32
+    else:
+        root = _folder_root(cfg)
+        classes = _folder_classes(root)
+        files = _folder_files(root / classes[label])
+        if not files:
+            raise DataError(f"label {label} ('{classes[label]}'): no images in {root / classes[label]}")
+        files = [files[i] for i in _split_indices(len(files), label, cfg.test_fraction, split)]
+        size = image_size or _folder_image_size(cfg, root, classes)
+        with ThreadPoolExecutor(max_workers=min(8, os.cpu_count() or 1)) as pool:
+            arrays = list(pool.map(lambda f: _resize_square(_open_rgb(f), size), files))
+        out = np.stack(arrays) if arrays else np.zeros((0, 3, size, size), np.uint8)
+    return torch.from_numpy(np.ascontiguousarray(_resize_tensor(out, size)))
+
+
+def load_split(cfg: DatasetConfig, labels, split: str, image_size: Optional[int] = None,
+               max_per_label: Optional[int] = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """Images and labels of several labels (evaluation), optionally capped per label."""
+    xs, ys = [], []
+    for k in labels:
+        x = load_label(cfg, k, split, image_size)
+        if max_per_label is not None:
+            x = x[:max_per_label]
+        xs.append(x)
+        ys.append(torch.full((len(x),), k, dtype=torch.long))
+    return torch.cat(xs), torch.cat(ys)
