@@ -121,6 +121,16 @@ class MetricsConfig(_Section):
     is_splits: int = Field(default=10, ge=1)
     batch_size: int = Field(default=256, ge=1)
     enabled: bool = True
+    # Seeds the samples' noise and the IS / KID random splits (same noise at every evaluation time).
+    seed: int = 0
+    kid_subsets: int = Field(default=100, ge=1)
+    # Clipped to the number of samples available.
+    kid_subset_size: int = Field(default=1000, ge=2)
+    # feature_extractor=inception: try to download missing weights into the hub cache (needs a network).
+    download_weights: bool = True
+    # Cap on real images per label for the reference statistics and the classifier's training set
+    # (None: all; lower it for quick CPU evaluations of large data sets).
+    real_max_per_label: Optional[int] = Field(default=None, ge=2)
 
 
 class Config(_Section):

@@ -19,6 +19,28 @@ def pick_device() -> torch.device:
     return torch.device("cuda") if torch.cuda.is_available() else torch.device("cpu")
 
 
+def autocast_context(use_amp: bool):
+    """bf16 autocast on CUDA when `use_amp`, else a no-op context."""
+    if use_amp:
+        return torch.autocast(device_type="cuda", dtype=torch.bfloat16)
+    return contextlib.nullcontext()
+
+
+def gradient_penalty(critic, real: torch.Tensor, fake: torch.Tensor, rng: torch.Generator,
+                     use_amp: bool = False) -> torch.Tensor:
+    """E[(||grad_x critic(x)||_2 - 1)^2] at random interpolates of real and fake.
+
+    `critic` is any callable images -> scores (the conditional baseline passes a closure
+    that adds the labels), so both trainers share this one implementation.
+    """
+    alpha = torch.rand(real.size(0), 1, 1, 1, device=real.device, generator=rng)
+    mixed = (alpha * real + (1 - alpha) * fake).requires_grad_(True)
+    with autocast_context(use_amp):
+        scores = critic(mixed)
+    (grads,) = torch.autograd.grad(scores.float().sum(), mixed, create_graph=True)
+    return ((grads.flatten(1).float().norm(2, dim=1) - 1) ** 2).mean()
+
+
 @dataclass
 class StepStats:
     """Detached 0-d tensors: reading them (`floats()`) syncs the device, so callers do it
@@ -55,9 +77,7 @@ class WGANGP:
         self.use_amp = bool(train_cfg.amp) and device.type == "cuda"
 
     def _autocast(self):
-        if self.use_amp:
-            return torch.autocast(device_type="cuda", dtype=torch.bfloat16)
-        return contextlib.nullcontext()
+        return autocast_context(self.use_amp)
 
     def _real_batch(self) -> torch.Tensor:
         idx = torch.randint(0, len(self.images), (self.batch_size,), device=self.device, generator=self.generator_)
@@ -67,12 +87,7 @@ class WGANGP:
         return torch.randn(n, self.z_dim, device=self.device, generator=self.generator_)
 
     def _gradient_penalty(self, real: torch.Tensor, fake: torch.Tensor) -> torch.Tensor:
-        alpha = torch.rand(real.size(0), 1, 1, 1, device=self.device, generator=self.generator_)
-        mixed = (alpha * real + (1 - alpha) * fake).requires_grad_(True)
-        with self._autocast():
-            scores = self.critic(mixed)
-        (grads,) = torch.autograd.grad(scores.float().sum(), mixed, create_graph=True)
-        return ((grads.flatten(1).float().norm(2, dim=1) - 1) ** 2).mean()
+        return gradient_penalty(self.critic, real, fake, self.generator_, self.use_amp)
 
     def step(self) -> StepStats:
         """n_critic critic updates, then one generator update."""
