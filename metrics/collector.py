@@ -14,7 +14,7 @@ from typing import Callable, Optional
 import pandas as pd
 
 SUMMARY_COLUMNS = ["label", "steps", "elapsed_s", "steps_per_s", "images_per_s", "critic_loss",
-                   "generator_loss", "wasserstein", "restarts", "device", "resumed_from_step"]
+                   "generator_loss", "wasserstein", "restarts", "device", "resumed_from_step", "first_step_unix"]
 
 
 class Collector:

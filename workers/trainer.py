@@ -115,8 +115,11 @@ class LabelTrainer:
         def elapsed_now() -> float:
             return elapsed0 + (time.monotonic() - t0)
 
+        first_step_unix = None
         while elapsed_now() < train.budget_s and (train.max_steps is None or gan.generator_steps < train.max_steps):
             stats = gan.step()
+            if first_step_unix is None:
+                first_step_unix = time.time()
             now = time.monotonic()
             if now - last_log >= train.log_every_s:
                 rate = (gan.generator_steps - steps_at_log) * gan.images_per_step / (now - last_log)
@@ -146,6 +149,7 @@ class LabelTrainer:
             "restarts": restarts,
             "device": str(gan.device),
             "resumed_from_step": start_step if restored else None,
+            "first_step_unix": first_step_unix,
         }
         self._report("done", summary)
         return summary
