@@ -98,3 +98,6 @@ def test_resume_after_actor_is_killed(ray_local, tmp_path):
     # ...and trained on past it, with only the budget that was left.
     assert summary[4]["steps"] > resumed
     assert 14.0 <= summary[4]["elapsed_s"] < 40.0
+    # Steps re-trained after the restart are logged once, not twice.
+    history = pd.read_csv(run_dir / "labels" / "4" / "history.csv")
+    assert history["step"].is_monotonic_increasing and history["step"].is_unique

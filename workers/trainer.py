@@ -106,7 +106,7 @@ class LabelTrainer:
             checkpoint.prune(self.run_dir, self.label, train.keep_checkpoints)
             self._report("checkpoint", {"step": gan.generator_steps, "elapsed_s": elapsed, "path": str(path)})
 
-        history = _History(checkpoint.label_dir(self.run_dir, self.label) / "history.csv")
+        history = _History(checkpoint.label_dir(self.run_dir, self.label) / "history.csv", keep_up_to=start_step)
         t0 = time.monotonic()
         last_log = last_ckpt = t0
         steps_at_log = start_step
@@ -184,9 +184,18 @@ def _telemetry(run_id: str, label: int, start_step: int):
 class _History:
     """history.csv, appended line by line so a crash loses at most the current interval."""
 
-    def __init__(self, path: Path):
+    def __init__(self, path: Path, keep_up_to: int = 0):
         self.path = path
         path.parent.mkdir(parents=True, exist_ok=True)
+        if path.exists():
+            # After a restart, drop rows logged past the checkpoint we resumed from: those
+            # steps are trained again and would otherwise appear twice.
+            with path.open(newline="") as f:
+                rows = [r for r in csv.DictReader(f) if int(r["step"]) <= keep_up_to]
+            with path.open("w", newline="") as f:
+                writer = csv.DictWriter(f, fieldnames=HISTORY_FIELDS, extrasaction="ignore")
+                writer.writeheader()
+                writer.writerows(rows)
         self._new = not path.exists()
 
     def append(self, row: dict) -> None:
