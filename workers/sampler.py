@@ -16,6 +16,7 @@ checkpoint or from a {label: checkpoint} mapping of an ensemble.
 
 from __future__ import annotations
 
+from functools import lru_cache
 from pathlib import Path
 from typing import Mapping, Optional, Sequence, Union
 
@@ -23,7 +24,7 @@ import torch
 
 from orchestrator.config import ModelConfig
 from workers import checkpoint
-from workers.baseline import MODEL_KIND, baseline_dir, is_baseline_run, list_baseline_checkpoints
+from workers.baseline import BASELINE_DIRNAME, MODEL_KIND, baseline_dir, is_baseline_run, list_baseline_checkpoints
 from workers.conditional_models import ConditionalGenerator
 from workers.ensemble import Ensemble
 
@@ -115,12 +116,60 @@ def load_sampler(run_dir: str | Path, device: str | torch.device = "cpu") -> Sam
     return Ensemble.from_run(run_dir, device)
 
 
+def is_baseline_checkpoint(path: str | Path) -> bool:
+    """By location, without loading: baseline checkpoints live in <run>/baseline/, label ones in <run>/labels/<k>/."""
+    return Path(path).parent.name == BASELINE_DIRNAME
+
+
+@lru_cache(maxsize=2)
+def _cached_baseline(path: str, mtime_ns: int, device: str) -> BaselineSampler:
+    return BaselineSampler.from_checkpoint(path, device)
+
+
+def baseline_sampler(path: str | Path, device: str | torch.device = "cpu") -> BaselineSampler:
+    """BaselineSampler of one checkpoint, cached: scoring asks for the same checkpoint once per label."""
+    path = Path(path)
+    return _cached_baseline(str(path.resolve()), path.stat().st_mtime_ns, str(torch.device(device)))
+
+
 def sampler_from_checkpoint(ckpt: str | Path | Mapping[int, str | Path],
                             device: str | torch.device = "cpu") -> Sampler:
-    """A baseline checkpoint path -> BaselineSampler; {label: path} -> Ensemble."""
+    """The sampler of one evaluation point, for either kind of run.
+
+    * a baseline checkpoint path, or a {label: path} mapping whose paths are baseline checkpoints
+      (the same file for every label) -> BaselineSampler
+    * a {label: label-checkpoint path} mapping -> Ensemble of those generators
+    """
     if isinstance(ckpt, Mapping):
+        paths = {Path(p) for p in ckpt.values()}
+        if paths and all(is_baseline_checkpoint(p) for p in paths):
+            if len(paths) > 1:
+                raise ValueError(f"one baseline checkpoint per evaluation, got {sorted(map(str, paths))}")
+            return baseline_sampler(next(iter(paths)), device)
         return Ensemble.from_checkpoints(ckpt, device)
-    return BaselineSampler.from_checkpoint(ckpt, device)
+    return baseline_sampler(ckpt, device)
+
+
+def sampler_for_label(path: str | Path, label: int, device: str | torch.device = "cpu") -> Sampler:
+    """What generates label `label` at checkpoint `path`: its ensemble member, or the baseline's generator."""
+    if is_baseline_checkpoint(path):
+        return baseline_sampler(path, device)
+    return Ensemble.from_checkpoints({label: path}, device)
+
+
+def baseline_label_checkpoints(run_dir: str | Path, labels: Sequence[int]) -> dict[int, list[tuple[float, int, Path]]]:
+    """The baseline's checkpoints in the shape metrics.evaluate.label_checkpoints returns for an ensemble:
+    label -> [(elapsed_s, step, path)] oldest first, the same list for every label the baseline trained."""
+    found = []
+    trained: set[int] = set()
+    for step, path in list_baseline_checkpoints(run_dir):
+        try:
+            blob = checkpoint.load(path)
+        except Exception:  # pruned meanwhile, or unreadable: not an evaluation candidate
+            continue
+        found.append((float(blob.get("elapsed_s", float("nan"))), step, path))
+        trained = set(int(k) for k in blob.get("labels", []))
+    return {int(k): list(found) for k in labels if found and int(k) in trained}
 
 
 def _elapsed(path: Path) -> float:
@@ -159,5 +208,6 @@ def ensemble_at(rows: list[dict], t: float) -> dict[int, str]:
     return {k: r["path"] for k, r in sorted(best.items())}
 
 
-__all__ = ["BaselineSampler", "load_sampler", "sampler_from_checkpoint", "checkpoints_over_time",
-           "ensemble_at", "run_kind", "baseline_dir"]
+__all__ = ["BaselineSampler", "load_sampler", "sampler_from_checkpoint", "sampler_for_label", "checkpoints_over_time",
+           "ensemble_at", "run_kind", "baseline_dir", "is_baseline_run", "is_baseline_checkpoint",
+           "baseline_label_checkpoints"]

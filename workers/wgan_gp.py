@@ -15,8 +15,18 @@ from workers.models import build_models
 
 
 def pick_device() -> torch.device:
-    """CUDA when Ray gave this process a GPU (CUDA_VISIBLE_DEVICES) and it is real, else CPU."""
-    return torch.device("cuda") if torch.cuda.is_available() else torch.device("cpu")
+    """CUDA when Ray gave this process a GPU (CUDA_VISIBLE_DEVICES) and it is real, else CPU.
+
+    Ray's GPU ids are logical, so an actor "on a GPU" of a CPU-only test cluster
+    lands here with no CUDA device and trains on the CPU.
+    """
+    if not torch.cuda.is_available():
+        return torch.device("cpu")
+    # Fixed shapes every step: let cuDNN pick the fastest kernels; TF32 for the fp32 parts.
+    torch.backends.cudnn.benchmark = True
+    torch.backends.cuda.matmul.allow_tf32 = True
+    torch.backends.cudnn.allow_tf32 = True
+    return torch.device("cuda")
 
 
 def autocast_context(use_amp: bool):
