@@ -26,3 +26,9 @@ bench: $(STAMP)  ## throughput ratio vs a bare loop, start-up latency, placement
 
 clean-runs:
 	rm -rf runs/
+
+# Inception weights for FID/IS/KID (torch-fidelity's InceptionV3, about 95 MB). Needs a network: run it
+# on a login node. DEST=file-or-directory (default: the torch hub cache, torch.hub.get_dir()/checkpoints/).
+DEST ?=
+fetch-weights: $(STAMP)  ## download weights-inception-2015-12-05-6726825d.pth (or DEST=path)
+	$(BIN)/python -m metrics.features fetch $(if $(DEST),--dest $(DEST))

@@ -25,6 +25,7 @@ class Collector:
         self.state: dict[int, dict] = {k: {"state": "starting", "step": 0} for k in self.labels}
         self.checkpoints: dict[int, list[dict]] = {k: [] for k in self.labels}
         self.summaries: dict[int, dict] = {}
+        self.ready: set[int] = set()
 
     # ------------------------------------------------------------- reports from label actors
 
@@ -41,6 +42,13 @@ class Collector:
 
     def report_failed(self, label: int, error: str) -> None:
         self.state[label] = {**self.state.get(label, {}), "state": "failed", "error": error}
+
+    def mark_ready(self, label: int) -> None:
+        self.ready.add(label)
+
+    def all_ready(self) -> bool:
+        """True once every label has loaded its data (and stays true for restarted actors)."""
+        return len(self.ready) == len(self.labels)
 
     # ------------------------------------------------------------- queries
 

@@ -1,0 +1,149 @@
+"""PNG plots of a run's scores (matplotlib, Agg): FID and IS against training time, per-class FID bars."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+from typing import Optional
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import pandas as pd  # noqa: E402
+
+
+def space_label(feature_space: str, classifier_accuracy: Optional[float] = None) -> str:
+    """How a score's feature space is named everywhere: never 'Inception' for the classifier."""
+    if feature_space == "inception":
+        return "Inception"
+    acc = "" if classifier_accuracy is None or _isnan(classifier_accuracy) else f", classifier acc {classifier_accuracy:.3f}"
+    return f"classifier space{acc}"
+
+
+def _isnan(x) -> bool:
+    try:
+        return math.isnan(float(x))
+    except (TypeError, ValueError):
+        return True
+
+
+def _value(results: pd.DataFrame, ev: str, metric: str, label: str = "all") -> Optional[pd.Series]:
+    sel = results[(results["eval"] == ev) & (results["metric"] == metric) & (results["label"].astype(str) == label)]
+    return None if sel.empty else sel.iloc[0]
+
+
+def plot_scores_over_time(results: pd.DataFrame, path: str | Path) -> Optional[Path]:
+    """FID (left) and IS mean +- std (right) of the ensemble against training time, with the real floor."""
+    over = results[results["eval"].isin(["checkpoint", "final"]) & (results["label"].astype(str) == "all")]
+    if over.empty:
+        return None
+    fid = over[over["metric"] == "fid"].sort_values("eval_time_s")
+    ism = over[over["metric"] == "is_mean"].sort_values("eval_time_s")
+    isd = over[over["metric"] == "is_std"].sort_values("eval_time_s")
+    first = fid.iloc[0] if not fid.empty else over.iloc[0]
+    space = space_label(first["feature_space"], first["classifier_accuracy"])
+    fig, axes = plt.subplots(1, 2, figsize=(11, 4))
+    ax = axes[0]
+    if not fid.empty:
+        ax.plot(fid["eval_time_s"], fid["value"], "o-", color="C0", label="ensemble")
+        n = fid.iloc[-1]
+        ax.set_title(f"FID ({space})\n{int(n['n_fake'])} generated vs {int(n['n_real'])} real (train split)",
+                     fontsize=9)
+    floor = _value(results, "real_floor", "fid")
+    if floor is not None:
+        ax.axhline(floor["value"], color="gray", ls="--",
+                   label=f"real floor {floor['value']:.3g} (train {int(floor['n_real'])} vs held-out {int(floor['n_fake'])})")
+    ax.set_xlabel("training time per label (s)")
+    ax.set_ylabel("FID (lower is better)")
+    ax.legend(fontsize=8)
+    ax.grid(alpha=0.3)
+    ax = axes[1]
+    if not ism.empty:
+        std = isd.set_index("eval_time_s")["value"].reindex(ism["eval_time_s"]).fillna(0).values
+        ax.errorbar(ism["eval_time_s"], ism["value"], yerr=std, fmt="o-", color="C1", capsize=3, label="ensemble")
+        ax.set_title(f"IS ({space})\nmean +- std over splits, {int(ism.iloc[-1]['n_fake'])} samples",
+                     fontsize=9)
+    real_is = _value(results, "real_floor", "is_mean")
+    if real_is is not None:
+        ax.axhline(real_is["value"], color="gray", ls="--", label=f"held-out real images {real_is['value']:.3g}")
+    ax.set_xlabel("training time per label (s)")
+    ax.set_ylabel("IS (higher is better)")
+    ax.legend(fontsize=8)
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
+def plot_per_class(per_label: pd.DataFrame, path: str | Path, max_labels: int = 100) -> Optional[Path]:
+    """Per-class FID bars (with each label's real floor) and class accuracy bars."""
+    if per_label.empty:
+        return None
+    df = per_label.sort_values("label").head(max_labels)
+    row = df.iloc[0]
+    space = space_label(row["feature_space"], row.get("classifier_accuracy"))
+    x = list(range(len(df)))
+    names = [str(v) for v in df["label_name"]] if "label_name" in df else [str(v) for v in df["label"]]
+    fig, axes = plt.subplots(2, 1, figsize=(max(8, 0.5 * len(df) + 2), 7), sharex=True)
+    ax = axes[0]
+    ax.bar(x, df["fid"], color="C0", label="generator k vs real label k")
+    top = df["fid"].max()
+    if top == top and top > 0:
+        ax.set_ylim(0, top * 1.3)
+    if "fid_floor" in df and df["fid_floor"].notna().any():
+        ax.scatter(x, df["fid_floor"], color="black", marker="_", s=200, zorder=3,
+                   label="real floor (train vs held-out of label k)")
+    ax.set_ylabel("per-class FID")
+    n_fake, n_real = int(df["n_fake"].median()), int(df["n_real"].median())
+    n_held = int(df["n_heldout"].median()) if "n_heldout" in df else 0
+    ax.set_title(f"Per-class FID ({space})\nn per class: ~{n_fake} generated vs ~{n_real} real"
+                 + (f", floor: ~{n_held} held-out vs train" if n_held else "") + " (small n: biased upwards)",
+                 fontsize=9)
+    ax.legend(fontsize=8, framealpha=0.9)
+    ax.grid(axis="y", alpha=0.3)
+    ax = axes[1]
+    if "class_accuracy" in df and df["class_accuracy"].notna().any():
+        ax.bar(x, df["class_accuracy"], color="C2", label="samples of generator k classified as k")
+        if "heldout_class_accuracy" in df:
+            ax.scatter(x, df["heldout_class_accuracy"], color="black", marker="_", s=200, zorder=3,
+                       label="classifier on held-out real images of k")
+        acc = row.get("classifier_accuracy")
+        ax.set_title("Class accuracy of samples" + ("" if _isnan(acc) else f" (classifier held-out accuracy {acc:.3f})"),
+                     fontsize=9)
+        ax.legend(fontsize=8, loc="upper right", framealpha=0.9)
+        ax.set_ylim(0, 1.3)
+    ax.set_ylabel("class accuracy")
+    ax.set_xticks(x)
+    ax.set_xticklabels(names, rotation=90 if len(df) > 12 else 0, fontsize=8)
+    ax.set_xlabel("label")
+    ax.grid(axis="y", alpha=0.3)
+    fig.tight_layout()
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
+def make_plots(run_dir: str | Path) -> dict[str, Path]:
+    """All plots of a run from its results.csv / per_label.csv, under run_dir/plots/."""
+    run_dir = Path(run_dir)
+    out: dict[str, Path] = {}
+    results_path, per_label_path = run_dir / "results.csv", run_dir / "per_label.csv"
+    if results_path.is_file():
+        p = plot_scores_over_time(pd.read_csv(results_path, dtype={"label": str}), run_dir / "plots" / "fid_over_time.png")
+        if p:
+            out["fid_over_time"] = p
+    if per_label_path.is_file() and per_label_path.stat().st_size > 1:
+        try:
+            per_label = pd.read_csv(per_label_path)
+        except pd.errors.EmptyDataError:
+            per_label = pd.DataFrame()
+        p = plot_per_class(per_label, run_dir / "plots" / "per_class_fid.png")
+        if p:
+            out["per_class_fid"] = p
+    return out
