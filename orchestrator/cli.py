@@ -44,13 +44,13 @@ def _parse_labels(text: str) -> list[int]:
 
 def cmd_sample(args) -> int:
     from metrics.grid import save_sample_grid
-    from workers.ensemble import Ensemble
+    from workers.sampler import load_sampler
 
     run = Path(args.run)
     if not run.is_dir():
         raise ConfigError(f"--run: run directory not found: {run}")
     try:
-        ensemble = Ensemble.from_run(run)
+        ensemble = load_sampler(run)  # per-label ensemble or data-parallel baseline
     except FileNotFoundError as err:
         raise ConfigError(f"--run: {err}") from None
     labels = _parse_labels(args.label) if args.label is not None else ensemble.labels

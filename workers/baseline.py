@@ -13,9 +13,9 @@ through ``autograd.grad(..., create_graph=True)``, which DDP does not support
 gradients). Like NVIDIA's StyleGAN2-ADA training loop, the gradients are
 flattened and all-reduced explicitly instead, which is the same arithmetic as
 DDP minus the bucketing overlap. The same all-reduce carries the losses (so the
-logged losses are means over workers) and three control flags, so every worker
-stops, logs (``ray.train.report`` is a barrier) and checkpoints at the same step
-without an extra collective.
+logged losses are means over workers) and two control flags, so every worker
+stops and calls ``ray.train.report`` (a barrier) at the same step without an
+extra collective.
 
 Rank 0 writes atomic checkpoints to ``<run_dir>/baseline/ckpt-<step:08d>.pt``
 and ``<run_dir>/baseline/history.csv``; on a restart (``max_failures``) every
@@ -37,13 +37,13 @@ from orchestrator.config import Config
 from workers import checkpoint
 from workers.conditional_models import build_conditional_models
 from workers.data import load_label, to_model_range
-from workers.wgan_gp import StepStats, autocast_context, gradient_penalty
+from workers.wgan_gp import StepStats, autocast_context, gradient_penalty, pick_device
 
 BASELINE_DIRNAME = "baseline"
 MODEL_KIND = "conditional-wgan-gp"
 
 # Flags riding on the generator all-reduce: summed over workers, then tested > 0.
-_STOP, _LOG, _CKPT = range(3)
+_STOP, _REPORT = range(2)
 _N_STATS = 4  # critic_loss, generator_loss, wasserstein, gradient_penalty
 
 
@@ -246,6 +246,18 @@ def load_shard(dataset_cfg, labels: Sequence[int], rank: int, world_size: int) -
 
 # ------------------------------------------------------------------ the Ray Train loop
 
+def _report_interval(log_every_s: float) -> float:
+    """Seconds between ray.train.report calls in the loop.
+
+    Ray Train V2 queues one report per worker (queue of size 1) and its controller drains it once per
+    health check (RAY_TRAIN_HEALTH_CHECK_INTERVAL_S, 2 s by default): a report made sooner blocks the
+    worker until that poll, about 2 s of lost training each time. Reporting no more often than every
+    2.5 polls never blocks; history.csv still gets a row every train.log_every_s.
+    """
+    poll_s = float(os.environ.get("RAY_TRAIN_HEALTH_CHECK_INTERVAL_S", 2.0))
+    return max(log_every_s, 2.5 * poll_s)
+
+
 def _broadcast_state(modules, src: int = 0) -> None:
     import torch.distributed as dist
 
@@ -271,6 +283,8 @@ def train_loop_per_worker(config: dict) -> None:
     device = ray.train.torch.get_device()
     if isinstance(device, list):
         device = device[0]
+    if device.type == "cuda":
+        pick_device()  # the label trainers' cuDNN benchmark / TF32 settings, so both run the same kernels
     distributed = world > 1 and dist.is_available() and dist.is_initialized()
 
     load_start = time.monotonic()
@@ -294,6 +308,7 @@ def train_loop_per_worker(config: dict) -> None:
     images_seen0 = int(restored["images_seen"]) if restored else 0
     ips = gan.images_per_step(world)
     setup_s = time.monotonic() - load_start
+    report_every_s = _report_interval(train.log_every_s)
 
     def save(elapsed: float, final: bool = False, rate: Optional[float] = None) -> Path:
         path = baseline_checkpoint_path(run_dir, gan.generator_steps)
@@ -314,7 +329,6 @@ def train_loop_per_worker(config: dict) -> None:
     steps_at_log = gan.generator_steps
     step_s = 0.0
     stats: Optional[StepStats] = None
-    row: dict = {}
 
     def elapsed_now() -> float:
         return elapsed0 + (time.monotonic() - t0)
@@ -327,32 +341,57 @@ def train_loop_per_worker(config: dict) -> None:
     def more_to_do() -> bool:
         return elapsed0 < train.budget_s and (train.max_steps is None or gan.generator_steps < train.max_steps)
 
+    # The flags of step k are acted on after step k+1 has been launched, so on a GPU reading them
+    # never stalls the launch queue (the copy to pinned memory is waited for one step late).
+    # Every worker lags the same way, so all still stop and report at the same step.
+    cuda = device.type == "cuda"
+    pinned = [torch.zeros(2, pin_memory=True) for _ in range(2)] if cuda else []
+    pending = None  # (flags tensor, cuda event or None) of the previous step
+    last_report, steps_at_report = t0, gan.generator_steps
     running = more_to_do()
     while running:
         t_step = time.monotonic()
-        flags = torch.zeros(3)
-        # Stop when the next step would end past the budget (the label trainers stop at most one
-        # step past it; predicting keeps the two within a step of each other).
-        flags[_STOP] = float(elapsed_now() + step_s >= train.budget_s)
+        flags = torch.zeros(2)
+        # The flag is read a step late, so raise it when 1.5 (smoothed) steps are left: training then
+        # ends within half a step of the budget (the label trainers end at most one step past it).
+        flags[_STOP] = float(elapsed_now() + 1.5 * step_s >= train.budget_s)
         if rank == 0:
-            flags[_LOG] = float(t_step - last_log >= train.log_every_s)
-            flags[_CKPT] = float(t_step - last_ckpt >= train.checkpoint_every_s)
+            flags[_REPORT] = float(t_step - last_report >= report_every_s)
         stats, synced = gan.step(flags)
-        synced = synced.cpu() if synced is not None else flags
+        if cuda:
+            buf = pinned[gan.generator_steps % 2]
+            buf.copy_(synced, non_blocking=True)
+            event = torch.cuda.Event()
+            event.record()
+            current = (buf, event)
+        else:
+            current = (synced, None)
+        decided, pending = pending, current
         now = time.monotonic()
-        step_s = now - t_step
-        running = not (synced[_STOP] > 0) and (train.max_steps is None or gan.generator_steps < train.max_steps)
-        if running and synced[_LOG] > 0:
+        step_s = now - t_step if step_s == 0.0 else 0.8 * step_s + 0.2 * (now - t_step)
+        if train.max_steps is not None and gan.generator_steps >= train.max_steps:
+            break  # deterministic: the same step on every worker
+        if decided is None:
+            continue
+        if decided[1] is not None:
+            decided[1].synchronize()
+        if decided[0][_STOP] > 0:
+            break
+        # history.csv and checkpoints are rank 0's alone: no collective, decided by its own clock.
+        if rank == 0 and now - last_log >= train.log_every_s:
             rate = (gan.generator_steps - steps_at_log) * ips / max(now - last_log, 1e-9)
-            row = make_row(rate)
-            if rank == 0:
-                history.append(row)
-            ray.train.report({**row, "budget_s": train.budget_s, "world_size": world})
+            history.append(make_row(rate))
             last_log, steps_at_log = now, gan.generator_steps
-        if running and synced[_CKPT] > 0:
-            if rank == 0:
-                save(elapsed_now())
+        if rank == 0 and now - last_ckpt >= train.checkpoint_every_s:
+            save(elapsed_now())
             last_ckpt = time.monotonic()
+        # ray.train.report is a barrier over all workers: every worker calls it at the same step.
+        if decided[0][_REPORT] > 0:
+            ray.train.report({"step": gan.generator_steps, "elapsed_s": round(elapsed_now(), 3),
+                              **stats.floats(),
+                              "images_per_s": (gan.generator_steps - steps_at_report) * ips / max(now - last_report, 1e-9),
+                              "budget_s": train.budget_s, "world_size": world})
+            last_report, steps_at_report = time.monotonic(), gan.generator_steps
 
     elapsed = max(elapsed_now(), elapsed0)
     trained_s = elapsed - elapsed0 if gan.generator_steps > start_steps else 0.0

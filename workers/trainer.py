@@ -91,8 +91,9 @@ class LabelTrainer:
         images_seen0 = int(restored["images_seen"]) if restored else 0
         start_step = gan.generator_steps
         telemetry = _telemetry(self.run_id, self.label, start_step)
+        self._wait_for_all_labels()
         self._report("progress", {"step": start_step, "elapsed_s": elapsed0, "budget_s": train.budget_s,
-                                  "restarts": restarts, "state": "training",
+                                  "restarts": restarts, "state": "loaded",
                                   "setup_s": time.monotonic() - load_start, "device": str(gan.device)})
 
         def save(elapsed: float) -> None:
@@ -164,6 +165,21 @@ class LabelTrainer:
             telemetry.record(step, {**stats.floats(), "images_per_s": rate,
                                     "budget_left_s": max(0.0, self.cfg.train.budget_s - elapsed)})
         return {**row, "budget_s": self.cfg.train.budget_s, "state": "training"}
+
+    def _wait_for_all_labels(self, poll_s: float = 0.2) -> None:
+        """Start the budget clock only when every label is loaded and ready.
+
+        Ray starts actor processes a few at a time (about one per CPU), so on a busy node
+        the first labels would otherwise train while the last ones still import torch, and
+        the labels would not share the machine equally within the budget.
+        """
+        if self.collector is None:
+            return
+        import ray
+
+        ray.get(self.collector.mark_ready.remote(self.label))
+        while not ray.get(self.collector.all_ready.remote()):
+            time.sleep(poll_s)
 
     def _report(self, kind: str, payload: dict) -> None:
         if self.collector is not None:
