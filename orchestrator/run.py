@@ -44,6 +44,10 @@ def actor_name(run_id: str, label: int) -> str:
     return f"wcgan/{run_id}/label-{label}"
 
 
+def collector_name(run_id: str) -> str:
+    return f"wcgan/{run_id}/collector"
+
+
 def place(plan: ResourcePlan, run_id: str, timeout_s: float):
     """A placement group holding every label's bundle, or a PlacementError (never a silent pend)."""
     pg = placement_group(plan.bundles, strategy=plan.strategy, name=f"wcgan/{run_id}")
@@ -58,7 +62,7 @@ def place(plan: ResourcePlan, run_id: str, timeout_s: float):
 
 
 def start_label_actors(run_dir: Path, cfg: Config, run_id: str, labels, plan: ResourcePlan, pg,
-                       collector=None) -> list:
+                       collector_name: Optional[str] = None) -> list:
     """One named actor per label, bundle i of the placement group for label i."""
     from workers.trainer import LabelTrainer
 
@@ -71,7 +75,7 @@ def start_label_actors(run_dir: Path, cfg: Config, run_id: str, labels, plan: Re
             max_restarts=cfg.max_restarts,
             max_task_retries=cfg.max_restarts,
             scheduling_strategy=PlacementGroupSchedulingStrategy(pg, placement_group_bundle_index=i),
-        ).remote(str(run_dir), cfg.to_dict(), label, run_id, plan.torch_threads, collector)
+        ).remote(str(run_dir), cfg.to_dict(), label, run_id, plan.torch_threads, collector_name)
         for i, label in enumerate(labels)
     ]
 
@@ -103,9 +107,9 @@ def train(cfg: Config, address: Optional[str] = None, log: Callable[[str], None]
         if resuming:
             log(f"resuming {run_dir}: labels continue from their latest checkpoints")
         collector = ray.remote(Collector).options(
-            name=f"wcgan/{run_id}/collector", num_cpus=0, max_restarts=0,
+            name=collector_name(run_id), num_cpus=0, max_restarts=0,
         ).remote(str(run_dir), list(info.labels))
-        actors = start_label_actors(run_dir, cfg, run_id, info.labels, plan, pg, collector)
+        actors = start_label_actors(run_dir, cfg, run_id, info.labels, plan, pg, collector_name(run_id))
         pending = {a.run.remote(): label for a, label in zip(actors, info.labels)}
         summaries, failures = [], {}
         t_train = time.monotonic()

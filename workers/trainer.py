@@ -15,7 +15,7 @@ import socket
 import time
 import warnings
 from pathlib import Path
-from typing import Any, Optional
+from typing import Optional
 
 import torch
 
@@ -30,13 +30,16 @@ HISTORY_FIELDS = ("step", "elapsed_s", "critic_loss", "generator_loss", "wassers
 
 class LabelTrainer:
     def __init__(self, run_dir: str, cfg: dict, label: int, run_id: str, threads: int = 1,
-                 collector: Any = None):
+                 collector_name: Optional[str] = None):
         self.run_dir = Path(run_dir)
         self.cfg = Config.model_validate(cfg)
         self.label = label
         self.run_id = run_id
         self.threads = threads
-        self.collector = collector
+        # Looked up by name rather than passed as a handle: a restarted actor finds the
+        # collector again without Ray keeping constructor arguments alive for it.
+        self.collector_name = collector_name
+        self._collector = None
 
     # ------------------------------------------------------------------ info
 
@@ -165,6 +168,14 @@ class LabelTrainer:
             telemetry.record(step, {**stats.floats(), "images_per_s": rate,
                                     "budget_left_s": max(0.0, self.cfg.train.budget_s - elapsed)})
         return {**row, "budget_s": self.cfg.train.budget_s, "state": "training"}
+
+    @property
+    def collector(self):
+        if self._collector is None and self.collector_name is not None:
+            import ray
+
+            self._collector = ray.get_actor(self.collector_name)
+        return self._collector
 
     def _wait_for_all_labels(self, poll_s: float = 0.2) -> None:
         """Start the budget clock only when every label is loaded and ready.
