@@ -24,6 +24,12 @@ bench: $(STAMP)  ## throughput ratio vs a bare loop, start-up latency, placement
 	$(BIN)/python bench/throughput.py
 	$(BIN)/python bench/placement_sim.py
 
+WORKERS ?= 1,2
+STEPS   ?= 200
+
+scaling-sweep: $(STAMP)  ## weak scaling, one Ray job per N (local Ray head unless RAY_ADDRESS): runs/sweeps/<id>/scaling.csv + .png
+	$(BIN)/wcgan sweep --config experiments/digits.yaml --workers $(WORKERS) --steps $(STEPS) $(ARGS)
+
 clean-runs:
 	rm -rf runs/
 

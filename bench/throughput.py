@@ -73,7 +73,7 @@ def main() -> None:
     parser.add_argument("--seconds", type=float, default=15.0)
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as storage:
-        print(f"command -> first training step (10 labels, fresh local Ray): ", end="", flush=True)
+        print("command -> first training step (10 labels, fresh local Ray): ", end="", flush=True)
         latency = first_step_latency(storage)
         print(f"{latency:.1f}s")
         ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False)

@@ -37,7 +37,7 @@ from orchestrator.config import Config
 from workers import checkpoint
 from workers.conditional_models import build_conditional_models
 from workers.data import load_label, to_model_range
-from workers.wgan_gp import StepStats, autocast_context, gradient_penalty, pick_device
+from workers.wgan_gp import GANPairState, StepStats, autocast_context, gradient_penalty, pick_device
 
 BASELINE_DIRNAME = "baseline"
 MODEL_KIND = "conditional-wgan-gp"
@@ -118,7 +118,7 @@ def allreduce_mean(world_size: int) -> GradSync:
     return sync
 
 
-class ConditionalWGANGP:
+class ConditionalWGANGP(GANPairState):
     """One conditional WGAN-GP pair on one worker's shard; Ray-free (tests drive it in-process)."""
 
     def __init__(self, model_cfg, train_cfg, images_uint8: torch.Tensor, labels: torch.Tensor, channels: int,
@@ -207,25 +207,6 @@ class ConditionalWGANGP:
     def images_per_step(self, world_size: int = 1) -> int:
         """Real images the critics see per generator step, over all workers."""
         return self.batch_size * self.train_cfg.n_critic * world_size
-
-    def state_dict(self) -> dict:
-        return {
-            "generator": self.generator.state_dict(),
-            "critic": self.critic.state_dict(),
-            "opt_g": self.opt_g.state_dict(),
-            "opt_d": self.opt_d.state_dict(),
-            "generator_steps": self.generator_steps,
-            "rng": self.generator_.get_state(),
-        }
-
-    def load_state_dict(self, state: dict, restore_rng: bool = True) -> None:
-        self.generator.load_state_dict(state["generator"])
-        self.critic.load_state_dict(state["critic"])
-        self.opt_g.load_state_dict(state["opt_g"])
-        self.opt_d.load_state_dict(state["opt_d"])
-        self.generator_steps = int(state["generator_steps"])
-        if restore_rng:
-            self.generator_.set_state(state["rng"].cpu())
 
 
 # ------------------------------------------------------------------ data

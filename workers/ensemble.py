@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Mapping, Optional, Sequence
+from typing import Callable, Iterable, Mapping, Optional, Sequence
 
 import torch
 
@@ -59,24 +59,36 @@ class Ensemble:
     def sample(self, labels: Sequence[int] | torch.Tensor, seed: Optional[int] = None,
                batch_size: int = 1024) -> torch.Tensor:
         """Images in [-1, 1], one per entry of `labels`, in the same order."""
-        labels = torch.as_tensor(labels, dtype=torch.long).flatten()
-        unknown = sorted(set(labels.tolist()) - set(self.generators))
-        if unknown:
-            raise KeyError(f"labels {unknown} have no generator; this ensemble has {self.labels}")
-        rng = torch.Generator(device="cpu")
-        if seed is not None:
-            rng.manual_seed(seed)
-        else:
-            rng.seed()
-        out: Optional[torch.Tensor] = None
-        for k in labels.unique().tolist():
-            idx = (labels == k).nonzero().flatten()
-            g = self.generators[k]
-            for start in range(0, len(idx), batch_size):
-                chunk = idx[start:start + batch_size]
-                z = torch.randn(len(chunk), self.z_dim, generator=rng).to(self.device)
-                imgs = g(z).float().cpu()
-                if out is None:
-                    out = torch.empty((len(labels), *imgs.shape[1:]))
-                out[chunk] = imgs
-        return out if out is not None else torch.empty(0)
+        return sample_by_label(labels, self.generators, self.z_dim, self.device,
+                               lambda k, z: self.generators[k](z), seed, batch_size)
+
+
+def sample_by_label(labels: Sequence[int] | torch.Tensor, known: Iterable[int], z_dim: int, device: torch.device,
+                    generate: Callable[[int, torch.Tensor], torch.Tensor], seed: Optional[int] = None,
+                    batch_size: int = 1024) -> torch.Tensor:
+    """Draw noise per label in a fixed order and call `generate(label, z)`; results keep `labels`' order.
+
+    Shared by the per-label ensemble and the conditional baseline so that, for one seed,
+    both models see the same noise for each (label, position).
+    """
+    labels = torch.as_tensor(labels, dtype=torch.long).flatten()
+    known = set(known)
+    unknown = sorted(set(labels.tolist()) - known)
+    if unknown:
+        raise KeyError(f"labels {unknown} have no generator; this model has {sorted(known)}")
+    rng = torch.Generator(device="cpu")
+    if seed is not None:
+        rng.manual_seed(seed)
+    else:
+        rng.seed()
+    out: Optional[torch.Tensor] = None
+    for k in labels.unique().tolist():
+        idx = (labels == k).nonzero().flatten()
+        for start in range(0, len(idx), batch_size):
+            chunk = idx[start:start + batch_size]
+            z = torch.randn(len(chunk), z_dim, generator=rng).to(device)
+            imgs = generate(k, z).float().cpu()
+            if out is None:
+                out = torch.empty((len(labels), *imgs.shape[1:]))
+            out[chunk] = imgs
+    return out if out is not None else torch.empty(0)

@@ -26,7 +26,7 @@ from orchestrator.config import ModelConfig
 from workers import checkpoint
 from workers.baseline import BASELINE_DIRNAME, MODEL_KIND, baseline_dir, is_baseline_run, list_baseline_checkpoints
 from workers.conditional_models import ConditionalGenerator
-from workers.ensemble import Ensemble
+from workers.ensemble import Ensemble, sample_by_label
 
 
 class BaselineSampler:
@@ -77,27 +77,10 @@ class BaselineSampler:
     def sample(self, labels: Sequence[int] | torch.Tensor, seed: Optional[int] = None,
                batch_size: int = 1024) -> torch.Tensor:
         """Images in [-1, 1], one per entry of `labels`, in the same order (noise drawn as Ensemble does)."""
-        labels = torch.as_tensor(labels, dtype=torch.long).flatten()
-        unknown = sorted(set(labels.tolist()) - set(self._labels))
-        if unknown:
-            raise KeyError(f"labels {unknown} were not trained; this baseline has {self.labels}")
-        rng = torch.Generator(device="cpu")
-        if seed is not None:
-            rng.manual_seed(seed)
-        else:
-            rng.seed()
-        out: Optional[torch.Tensor] = None
-        for k in labels.unique().tolist():
-            idx = (labels == k).nonzero().flatten()
-            for start in range(0, len(idx), batch_size):
-                chunk = idx[start:start + batch_size]
-                z = torch.randn(len(chunk), self.z_dim, generator=rng).to(self.device)
-                y = torch.full((len(chunk),), k, dtype=torch.long, device=self.device)
-                imgs = self.generator(z, y).float().cpu()
-                if out is None:
-                    out = torch.empty((len(labels), *imgs.shape[1:]))
-                out[chunk] = imgs
-        return out if out is not None else torch.empty(0)
+        def generate(k: int, z: torch.Tensor) -> torch.Tensor:
+            return self.generator(z, torch.full((len(z),), k, dtype=torch.long, device=self.device))
+
+        return sample_by_label(labels, self._labels, self.z_dim, self.device, generate, seed, batch_size)
 
 
 Sampler = Union[Ensemble, BaselineSampler]

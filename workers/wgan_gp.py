@@ -51,6 +51,37 @@ def gradient_penalty(critic, real: torch.Tensor, fake: torch.Tensor, rng: torch.
     return ((grads.flatten(1).float().norm(2, dim=1) - 1) ** 2).mean()
 
 
+class GANPairState:
+    """Checkpoint state of a generator/critic pair with Adam optimisers and a seeded RNG
+    (shared by the per-label pair and the conditional baseline)."""
+
+    generator: torch.nn.Module
+    critic: torch.nn.Module
+    opt_g: torch.optim.Optimizer
+    opt_d: torch.optim.Optimizer
+    generator_: torch.Generator
+    generator_steps: int
+
+    def state_dict(self) -> dict:
+        return {
+            "generator": self.generator.state_dict(),
+            "critic": self.critic.state_dict(),
+            "opt_g": self.opt_g.state_dict(),
+            "opt_d": self.opt_d.state_dict(),
+            "generator_steps": self.generator_steps,
+            "rng": self.generator_.get_state(),
+        }
+
+    def load_state_dict(self, state: dict, restore_rng: bool = True) -> None:
+        self.generator.load_state_dict(state["generator"])
+        self.critic.load_state_dict(state["critic"])
+        self.opt_g.load_state_dict(state["opt_g"])
+        self.opt_d.load_state_dict(state["opt_d"])
+        self.generator_steps = int(state["generator_steps"])
+        if restore_rng:
+            self.generator_.set_state(state["rng"].cpu())
+
+
 @dataclass
 class StepStats:
     """Detached 0-d tensors: reading them (`floats()`) syncs the device, so callers do it
@@ -65,7 +96,7 @@ class StepStats:
         return {k: float(v) for k, v in self.__dict__.items()}
 
 
-class WGANGP:
+class WGANGP(GANPairState):
     def __init__(self, model_cfg, train_cfg, images_uint8: torch.Tensor, channels: int, image_size: int,
                  device: torch.device, seed: int = 0):
         self.device = device
@@ -133,21 +164,3 @@ class WGANGP:
     def images_per_step(self) -> int:
         """Real images the critic sees per generator step."""
         return self.batch_size * self.train_cfg.n_critic
-
-    def state_dict(self) -> dict:
-        return {
-            "generator": self.generator.state_dict(),
-            "critic": self.critic.state_dict(),
-            "opt_g": self.opt_g.state_dict(),
-            "opt_d": self.opt_d.state_dict(),
-            "generator_steps": self.generator_steps,
-            "rng": self.generator_.get_state(),
-        }
-
-    def load_state_dict(self, state: dict) -> None:
-        self.generator.load_state_dict(state["generator"])
-        self.critic.load_state_dict(state["critic"])
-        self.opt_g.load_state_dict(state["opt_g"])
-        self.opt_d.load_state_dict(state["opt_d"])
-        self.generator_steps = int(state["generator_steps"])
-        self.generator_.set_state(state["rng"].cpu())
