@@ -55,8 +55,9 @@ def evaluation_schedule(ckpts: dict[int, list[tuple[float, int, Path]]], every_s
                         log: Log = print) -> list[Evaluation]:
     """Intermediate evaluations at every_s, 2*every_s, ... (before the end of training), then the final one.
 
-    At a mark t each label contributes its latest checkpoint with elapsed_s <= t; a mark where some label
-    has none yet is skipped. The final evaluation uses every label's latest checkpoint, at the training
+    At a mark t each label contributes its latest checkpoint with elapsed_s <= t (plus 5% of every_s:
+    a checkpoint due at t is written at the end of the step that crosses t, a moment later); a mark
+    where some label has none yet is skipped. The final evaluation uses every label's latest checkpoint, at the training
     time its slowest label reached.
     """
     final = {k: c[-1][2] for k, c in ckpts.items()}
@@ -70,7 +71,7 @@ def evaluation_schedule(ckpts: dict[int, list[tuple[float, int, Path]]], every_s
                 break
             chosen = {}
             for k, c in ckpts.items():
-                before = [p for (e, _, p) in c if e <= mark + 1e-9]
+                before = [p for (e, _, p) in c if e <= mark + 0.05 * every_s]
                 if before:
                     chosen[k] = before[-1]
             if len(chosen) < len(ckpts):

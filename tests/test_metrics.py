@@ -356,3 +356,7 @@ def test_evaluation_schedule_picks_the_latest_checkpoint_before_each_mark():
     assert evals[2].checkpoints == {0: p(0, 3), 1: p(1, 2)}
     assert evals[3].checkpoints == {0: p(0, 3), 1: p(1, 3)}
     assert [e.name for e in evaluation_schedule(ckpts, None)] == ["final"]
+    # A checkpoint due at t=20 is written a moment later (end of the step crossing 20 s): it counts.
+    late = {0: [(20.3, 1, p(0, 1)), (31.0, 2, p(0, 2))]}
+    assert [(e.name, e.time_s) for e in evaluation_schedule(late, 20.0, log=lambda s: None)] == \
+        [("checkpoint", 20.0), ("final", 31.0)]
