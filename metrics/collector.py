@@ -26,6 +26,7 @@ class Collector:
         self.checkpoints: dict[int, list[dict]] = {k: [] for k in self.labels}
         self.summaries: dict[int, dict] = {}
         self.ready: set[int] = set()
+        self.failed: set[int] = set()
 
     # ------------------------------------------------------------- reports from label actors
 
@@ -41,14 +42,16 @@ class Collector:
         self.state[label] = {**self.state.get(label, {}), **summary, "step": summary["steps"], "state": "done"}
 
     def report_failed(self, label: int, error: str) -> None:
+        self.failed.add(label)
         self.state[label] = {**self.state.get(label, {}), "state": "failed", "error": error}
 
     def mark_ready(self, label: int) -> None:
         self.ready.add(label)
 
     def all_ready(self) -> bool:
-        """True once every label has loaded its data (and stays true for restarted actors)."""
-        return len(self.ready) == len(self.labels)
+        """True once every label has loaded its data or failed for good (and stays true for
+        restarted actors), so one broken label never holds the others at the start line."""
+        return len(self.ready | self.failed) == len(self.labels)
 
     # ------------------------------------------------------------- queries
 
@@ -60,9 +63,14 @@ class Collector:
 
     # ------------------------------------------------------------- the end of a run
 
-    def finalize(self, evaluate: bool = True) -> dict:
-        """Summary table and sample grid; then the metrics (results.csv, plots, report.md)."""
-        outputs = {"summary": str(write_summary(self.run_dir, self.summaries.values()))}
+    def finalize(self, summaries: Optional[list[dict]] = None, evaluate: bool = True) -> dict:
+        """Summary table and sample grid; then the metrics (results.csv, plots, report.md).
+
+        The driver passes the summaries it got from the label actors: their fire-and-forget
+        `report_done` calls may still be in flight when it calls this.
+        """
+        summaries = summaries if summaries is not None else list(self.summaries.values())
+        outputs = {"summary": str(write_summary(self.run_dir, summaries))}
         outputs["grid"] = str(write_grid(self.run_dir, self.labels))
         if evaluate:
             from metrics.evaluate import evaluate_run
@@ -81,12 +89,13 @@ def write_summary(run_dir: Path, summaries) -> Path:
 
 
 def write_grid(run_dir: Path, labels: list[int], per_label: int = 10) -> Path:
-    from metrics.grid import save_sample_grid
+    from metrics.grid import grid_labels, save_sample_grid
+    from workers import checkpoint
     from workers.ensemble import Ensemble
 
-    ensemble = Ensemble.from_run(run_dir)
-    return save_sample_grid(ensemble, [k for k in labels if k in ensemble.generators],
-                            Path(run_dir) / "samples" / "grid.png", per_label=per_label)
+    shown = grid_labels([k for k in labels if checkpoint.latest_checkpoint(run_dir, k) is not None])
+    ensemble = Ensemble.from_checkpoints({k: checkpoint.latest_checkpoint(run_dir, k) for k in shown})
+    return save_sample_grid(ensemble, shown, Path(run_dir) / "samples" / "grid.png", per_label=per_label)
 
 
 def format_progress(state: dict[int, dict], budget_s: float, elapsed_wall: float,

@@ -21,9 +21,6 @@ from orchestrator.config import Config, load_config
 from metrics.scores import RESULT_COLUMNS, Evaluation, score_evaluations
 
 Log = Callable[[str], None]
-GRID_MAX_LABELS = 20
-
-
 def _checkpoint_meta(path: Path) -> dict:
     """elapsed_s and image_size of a checkpoint without reading its tensors (mmap)."""
     try:
@@ -94,13 +91,6 @@ def _write_csv(frame: pd.DataFrame, path: Path) -> None:
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
-
-
-def _grid_labels(labels: list[int]) -> list[int]:
-    if len(labels) <= GRID_MAX_LABELS:
-        return labels
-    step = len(labels) / GRID_MAX_LABELS
-    return [labels[int(i * step)] for i in range(GRID_MAX_LABELS)]
 
 
 def evaluate_run(run_dir: str | os.PathLike, cfg: Optional[Config] = None, log: Log = print,
@@ -177,10 +167,10 @@ def evaluate_run(run_dir: str | os.PathLike, cfg: Optional[Config] = None, log: 
 
     grid = run_dir / "samples" / "grid.png"
     if not grid.is_file():
-        from metrics.grid import save_sample_grid
+        from metrics.grid import grid_labels, save_sample_grid
         from workers.sampler import sampler_from_checkpoint
 
-        shown = _grid_labels(labels)
+        shown = grid_labels(labels)
         save_sample_grid(sampler_from_checkpoint({k: ckpts[k][-1][2] for k in shown}), shown, grid)
 
     from metrics.report import render_report

@@ -9,6 +9,19 @@ import torch
 from torchvision.utils import save_image
 
 
+MAX_GRID_LABELS = 20
+
+
+def grid_labels(labels: Sequence[int], max_rows: int = MAX_GRID_LABELS) -> list[int]:
+    """At most `max_rows` labels spread over the range: a 1,000-label run gets a readable grid
+    and never loads all its generators for it."""
+    labels = list(labels)
+    if len(labels) <= max_rows:
+        return labels
+    step = len(labels) / max_rows
+    return [labels[int(i * step)] for i in range(max_rows)]
+
+
 def save_sample_grid(ensemble, labels: Sequence[int], path: str | Path, per_label: int = 10,
                      seed: int = 0, upscale_to: int = 32) -> Path:
     """Writes a PNG grid; rows follow `labels`. Tiny images (8x8 digits) are upscaled so they are visible."""

@@ -70,7 +70,10 @@ def cmd_evaluate(args) -> int:
     run = Path(args.run)
     if not (run / "config.yaml").is_file():
         raise ConfigError(f"--run: {run} is not a wcgan run directory (no config.yaml)")
-    evaluate_run(run)
+    try:
+        evaluate_run(run)
+    except FileNotFoundError as err:
+        raise ConfigError(f"--run: {err}") from None
     print(f"wrote {run / 'results.csv'} and {run / 'report.md'}")
     return 0
 

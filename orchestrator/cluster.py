@@ -7,12 +7,20 @@ from typing import Optional
 
 import ray
 
+from orchestrator.config import ConfigError
+
 
 def connect(address: Optional[str] = None, log=print) -> None:
     """Idempotent: reuses an existing connection (tests, `ray job submit` drivers)."""
     if ray.is_initialized():
         return
     address = address or os.environ.get("RAY_ADDRESS")
+    if address and address.startswith(("http://", "https://")):
+        raise ConfigError(
+            f"RAY_ADDRESS/--address is {address!r}, a dashboard (Jobs API) URL: `ray job submit` takes that, "
+            f"but a driver connects to the cluster's GCS, <head>:6379. Pass --address <head>:6379, or "
+            f"submit this command with `ray job submit` (see README, 'Ray jobs')."
+        )
     if address:
         ray.init(address=address, log_to_driver=True)
         log(f"connected to Ray cluster at {address}")

@@ -72,7 +72,7 @@ class ModelConfig(_Section):
 class TrainConfig(_Section):
     budget_s: float = Field(default=120.0, gt=0)
     max_steps: Optional[int] = Field(default=None, ge=1)
-    batch_size: int = Field(default=64, ge=1)
+    batch_size: int = Field(default=64, ge=2)  # the generator's batch norm needs 2+
     n_critic: int = Field(default=5, ge=1)
     gp_weight: float = Field(default=10.0, ge=0)
     lr: float = Field(default=1e-4, gt=0, lt=1)
@@ -102,6 +102,9 @@ class ResourcesConfig(_Section):
     placement_strategy: Literal["PACK", "SPREAD", "STRICT_PACK", "STRICT_SPREAD"] = "PACK"
     # How long to wait for the placement group before failing (autoscaling clusters need longer).
     placement_timeout_s: float = Field(default=120.0, gt=0)
+    # True: the cluster autoscales. Plan from explicit gpus_per_label/cpus_per_label rather than
+    # from the nodes alive now, and let the placement group ask the autoscaler for nodes.
+    autoscale: bool = False
 
     @field_validator("gpus_per_label", "cpus_per_label")
     @classmethod

@@ -80,6 +80,12 @@ def plan_resources(n_labels: int, nodes: list[dict[str, float]], cfg: ResourcesC
     """`nodes`: the resources of each alive node (``ray.nodes()[i]["Resources"]``)."""
     if n_labels < 1:
         raise PlacementError("no labels to train")
+    if cfg.autoscale:
+        # Nodes do not exist yet: the plan cannot be derived from them, nor checked against them.
+        if cfg.gpus_per_label == "auto" or cfg.cpus_per_label == "auto":
+            raise PlacementError("resources.autoscale=true needs explicit resources.gpus_per_label and "
+                                 "resources.cpus_per_label (e.g. 1 and 4): there are no nodes yet to size 'auto' from")
+        return ResourcePlan(n_labels, float(cfg.gpus_per_label), float(cfg.cpus_per_label), cfg.placement_strategy)
     total_gpus = sum(float(n.get("GPU", 0)) for n in nodes)
     whole_gpus = sum(math.floor(n.get("GPU", 0)) for n in nodes)
     total_cpus = sum(float(n.get("CPU", 0)) for n in nodes)

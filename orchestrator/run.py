@@ -17,7 +17,7 @@ from ray.util.placement_group import placement_group, remove_placement_group
 from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
 
 from orchestrator.cluster import alive_nodes, connect
-from orchestrator.config import Config, ConfigError, save_config
+from orchestrator.config import Config, ConfigError, load_config, save_config
 from orchestrator.resources import PlacementError, ResourcePlan, plan_resources
 from workers import checkpoint
 from workers.data import DataError, DatasetInfo, describe
@@ -84,22 +84,84 @@ def _has_checkpoints(run_dir: Path, labels) -> bool:
     return any(checkpoint.latest_checkpoint(run_dir, k) for k in labels)
 
 
+def _absolute_paths(cfg: Config) -> Config:
+    """Actors on other nodes resolve relative paths against their own working directory:
+    hand them absolute ones (which must be on a shared file system on a multi-node cluster)."""
+    cfg = cfg.model_copy(deep=True)
+    cfg.run.storage = str(Path(cfg.run.storage).expanduser().resolve())
+    if cfg.dataset.root is not None:
+        cfg.dataset.root = str(Path(cfg.dataset.root).expanduser().resolve())
+    return cfg
+
+
+# Settings a resumed run may change; anything else must match the checkpoints.
+_RESUMABLE = {"run", "resources", "metrics", "max_restarts",
+              "train.budget_s", "train.max_steps", "train.checkpoint_every_s", "train.keep_checkpoints",
+              "train.log_every_s", "train.amp", "dataset.root", "dataset.download"}
+
+
+def check_resume_compatible(saved: Config, cfg: Config) -> None:
+    """Resuming with another model, data or optimiser would fail deep inside torch: say which field."""
+    def flat(d: dict, prefix: str = "") -> dict:
+        out = {}
+        for k, v in d.items():
+            key = f"{prefix}{k}"
+            out.update(flat(v, key + ".") if isinstance(v, dict) else {key: v})
+        return out
+
+    old, new = flat(saved.to_dict()), flat(cfg.to_dict())
+    changed = [k for k in sorted(set(old) | set(new))
+               if old.get(k) != new.get(k) and k not in _RESUMABLE and k.split(".")[0] not in _RESUMABLE]
+    if changed:
+        raise ConfigError(
+            "run.id names an existing run whose checkpoints were trained with other settings: "
+            + ", ".join(f"{k} (was {old.get(k)!r}, now {new.get(k)!r})" for k in changed)
+            + ". Use a new run.id, or resume with the saved values."
+        )
+
+
+def _check_metrics_inputs(cfg: Config, evaluate: bool) -> None:
+    """A missing Inception weights file should stop the run before training, not after it."""
+    if evaluate and cfg.metrics.feature_extractor == "inception":
+        from metrics.features import resolve_inception_weights
+
+        resolve_inception_weights(cfg.metrics.feature_extractor_weights_path,
+                                  download=cfg.metrics.download_weights)
+
+
 def train(cfg: Config, address: Optional[str] = None, log: Callable[[str], None] = print,
           evaluate: Optional[bool] = None) -> RunResult:
     from metrics.collector import Collector, format_progress
+
     t_start = time.monotonic()
+    cfg = _absolute_paths(cfg)
+    do_eval = cfg.metrics.enabled if evaluate is None else evaluate
     info: DatasetInfo = describe(cfg.dataset)
-    connect(address, log=log)
-    nodes = alive_nodes()
-    plan = plan_resources(len(info.labels), nodes, cfg.resources)
     run_id = new_run_id(cfg)
     run_dir = Path(cfg.run.storage) / run_id
     resuming = (run_dir / "config.yaml").exists()
+    if resuming:
+        check_resume_compatible(load_config(run_dir / "config.yaml"), cfg)
+    _check_metrics_inputs(cfg, do_eval)
+    connect(address, log=log)
+    plan = plan_resources(len(info.labels), alive_nodes(), cfg.resources)
     log(f"run {run_id}: {info.name} {info.image_size}x{info.image_size}x{info.channels}, "
         f"{len(info.labels)} labels, budget {cfg.train.budget_s:g}s per label; {plan.describe()}")
 
     pg = place(plan, run_id, cfg.resources.placement_timeout_s)
-    actors, collector = [], None
+    actors: list = []
+    collector = None
+
+    def release() -> None:
+        """Free the label actors' devices and the bundles (idempotent)."""
+        nonlocal pg
+        for a in actors:
+            ray.kill(a, no_restart=True)
+        actors.clear()
+        if pg is not None:
+            remove_placement_group(pg)
+            pg = None
+
     created_dir = not run_dir.exists()
     try:
         run_dir.mkdir(parents=True, exist_ok=True)
@@ -109,7 +171,7 @@ def train(cfg: Config, address: Optional[str] = None, log: Callable[[str], None]
         collector = ray.remote(Collector).options(
             name=collector_name(run_id), num_cpus=0, max_restarts=0,
         ).remote(str(run_dir), list(info.labels))
-        actors = start_label_actors(run_dir, cfg, run_id, info.labels, plan, pg, collector_name(run_id))
+        actors.extend(start_label_actors(run_dir, cfg, run_id, info.labels, plan, pg, collector_name(run_id)))
         pending = {a.run.remote(): label for a, label in zip(actors, info.labels)}
         summaries, failures = [], {}
         t_train = time.monotonic()
@@ -136,24 +198,23 @@ def train(cfg: Config, address: Optional[str] = None, log: Callable[[str], None]
                 + "; ".join(f"label {k}: {msg}" for k, msg in sorted(failures.items()))
                 + f". Checkpoints are kept in {run_dir}; re-run with --set run.id={run_id} to resume."
             )
-        do_eval = cfg.metrics.enabled if evaluate is None else evaluate
+        release()  # scoring needs none of the label actors' GPUs
         log("all labels done; collecting" + (" and scoring the ensemble" if do_eval else ""))
-        outputs = ray.get(collector.finalize.remote(evaluate=do_eval))
-        result = RunResult(run_dir, plan, sorted(summaries, key=lambda s: s["label"]), outputs,
-                           time.monotonic() - t_start)
+        summaries.sort(key=lambda s: s["label"])
+        outputs = ray.get(collector.finalize.remote(summaries, evaluate=do_eval))
+        result = RunResult(run_dir, plan, summaries, outputs, time.monotonic() - t_start)
         log(f"run directory: {run_dir}")
         return result
     except (ConfigError, KeyboardInterrupt):
         # Bad input or an interrupt before any work was saved: leave no half-written run.
+        release()  # first, so no actor writes a checkpoint into the directory being removed
         if created_dir and not _has_checkpoints(run_dir, info.labels):
             shutil.rmtree(run_dir, ignore_errors=True)
         raise
     finally:
-        for a in actors:
-            ray.kill(a, no_restart=True)
+        release()
         if collector is not None:
             ray.kill(collector, no_restart=True)
-        remove_placement_group(pg)
 
 
 __all__ = ["train", "RunResult", "RunFailed", "DataError", "PlacementError", "actor_name", "new_run_id"]

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import inspect
 import math
 
 import pandas as pd
@@ -195,16 +194,6 @@ def test_baseline_resumes_from_its_latest_checkpoint(baseline_run, tmp_path):
 
 # ------------------------------------------------------------------ wcgan compare
 
-def _evaluate_scores_baselines() -> bool:
-    """metrics.evaluate scores a baseline run once it loads models through workers.sampler."""
-    try:
-        import metrics.evaluate as ev
-        import metrics.scores as sc
-    except ImportError:
-        return False
-    return "workers.sampler" in inspect.getsource(ev) and "workers.sampler" in inspect.getsource(sc)
-
-
 def test_plan_baseline_holds_the_ensembles_resources():
     from orchestrator.compare import plan_baseline
     from orchestrator.resources import ResourcePlan
@@ -221,9 +210,6 @@ def test_plan_baseline_holds_the_ensembles_resources():
     assert (p.num_workers, p.resources_per_worker) == (1, {"GPU": 1.0, "CPU": 16.0})
 
 
-@pytest.mark.skipif(not _evaluate_scores_baselines(),
-                    reason="metrics/evaluate.py and metrics/scores.py do not load models through "
-                           "workers.sampler yet, so they cannot score a baseline run (integration pending)")
 def test_compare_writes_both_rows_and_every_column(ray_local, tmp_path):
     from orchestrator.compare import COMPARISON_COLUMNS, compare
 
@@ -253,8 +239,6 @@ def test_compare_writes_both_rows_and_every_column(ray_local, tmp_path):
     assert len(list((d / "_classifiers").glob("*.pt"))) == 1  # one feature space for both
 
 
-@pytest.mark.skipif("load_sampler" not in inspect.getsource(__import__("orchestrator.cli").cli.cmd_sample),
-                    reason="cmd_sample still loads runs with Ensemble.from_run (integration pending)")
 def test_cli_sample_on_a_baseline_run(baseline_run, tmp_path, capsys):
     from orchestrator.cli import main
 

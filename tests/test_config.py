@@ -107,3 +107,12 @@ def test_cifar_missing_names_where_it_goes(tmp_path):
         from workers.data import describe
 
         describe(load_config(None, ["dataset.name=cifar10", f"dataset.root={tmp_path}"]).dataset)
+
+
+def test_dashboard_url_as_address_is_explained(tmp_path, capsys, monkeypatch):
+    monkeypatch.setenv("RAY_ADDRESS", "http://127.0.0.1:8265")
+    code = main(["train", "--set", f"run.storage={tmp_path / 'runs'}", "--set", "dataset.labels=[0]"])
+    assert code == 2
+    err = capsys.readouterr().err
+    assert "dashboard" in err and "6379" in err
+    assert not (tmp_path / "runs").exists()

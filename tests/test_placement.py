@@ -46,6 +46,14 @@ def test_explicit_settings_override_and_fail_fast():
         plan_resources(4, [{"CPU": 8, "GPU": 2}], ResourcesConfig(gpus_per_label=1))
 
 
+def test_autoscaling_plans_from_explicit_settings():
+    # A CPU-only head with GPU workers yet to come: plan what was asked, let Ray's autoscaler add nodes.
+    plan = plan_resources(10, [{"CPU": 8}], ResourcesConfig(autoscale=True, gpus_per_label=1, cpus_per_label=4))
+    assert (plan.gpus_per_label, plan.cpus_per_label) == (1.0, 4.0)
+    with pytest.raises(PlacementError, match="autoscale=true needs explicit"):
+        plan_resources(10, [{"CPU": 8}], ResourcesConfig(autoscale=True))
+
+
 def test_unplaceable_plan_fails_fast_instead_of_pending(ray_local):
     # The plan says it fits, but the cluster is busy: placement times out with a clear error.
     plan = plan_resources(2, [{"CPU": 2}], ResourcesConfig(cpus_per_label=1))

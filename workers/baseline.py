@@ -37,7 +37,7 @@ from orchestrator.config import Config
 from workers import checkpoint
 from workers.conditional_models import build_conditional_models
 from workers.data import load_label, to_model_range
-from workers.wgan_gp import GANPairState, StepStats, autocast_context, gradient_penalty, pick_device
+from workers.wgan_gp import GANPairState, StepStats, amp_supported, autocast_context, gradient_penalty, pick_device
 
 BASELINE_DIRNAME = "baseline"
 MODEL_KIND = "conditional-wgan-gp"
@@ -143,7 +143,7 @@ class ConditionalWGANGP(GANPairState):
         self.generator_steps = 0
         self.generator_ = torch.Generator(device=device)
         self.generator_.manual_seed(seed if data_seed is None else data_seed)
-        self.use_amp = bool(train_cfg.amp) and device.type == "cuda"
+        self.use_amp = amp_supported(train_cfg.amp, device)
         self.grad_sync = grad_sync
 
     def _autocast(self):
@@ -304,7 +304,7 @@ def train_loop_per_worker(config: dict) -> None:
         _prune(run_dir, train.keep_checkpoints)
         return path
 
-    history = _History(baseline_dir(run_dir) / "history.csv") if rank == 0 else None
+    history = _History(baseline_dir(run_dir) / "history.csv", keep_up_to=start_steps) if rank == 0 else None
     t0 = time.monotonic()
     last_log = last_ckpt = t0
     steps_at_log = gan.generator_steps

@@ -88,7 +88,12 @@ class LabelTrainer:
     def run(self) -> dict:
         cfg, train = self.cfg, self.cfg.train
         load_start = time.monotonic()
-        gan, restored, channels, size = self._setup()
+        try:
+            gan, restored, channels, size = self._setup()
+        except BaseException as err:
+            # Tell the collector, so the other labels do not wait for this one at the start line.
+            self._report("failed", f"{type(err).__name__}: {err}")
+            raise
         elapsed0 = float(restored["elapsed_s"]) if restored else 0.0
         restarts = self._restarts_so_far(restored)
         images_seen0 = int(restored["images_seen"]) if restored else 0
@@ -177,7 +182,7 @@ class LabelTrainer:
             self._collector = ray.get_actor(self.collector_name)
         return self._collector
 
-    def _wait_for_all_labels(self, poll_s: float = 0.2) -> None:
+    def _wait_for_all_labels(self, poll_s: float = 0.5) -> None:
         """Start the budget clock only when every label is loaded and ready.
 
         Ray starts actor processes a few at a time (about one per CPU), so on a busy node

@@ -29,6 +29,12 @@ def pick_device() -> torch.device:
     return torch.device("cuda")
 
 
+def amp_supported(amp: bool, device: torch.device) -> bool:
+    """bf16 autocast only where bf16 is native (compute capability 8.0+, A100/H100): on
+    V100s (the paper's hardware) it is emulated and slower than fp32."""
+    return bool(amp) and device.type == "cuda" and torch.cuda.get_device_capability(device)[0] >= 8
+
+
 def autocast_context(use_amp: bool):
     """bf16 autocast on CUDA when `use_amp`, else a no-op context."""
     if use_amp:
@@ -79,7 +85,11 @@ class GANPairState:
         self.opt_d.load_state_dict(state["opt_d"])
         self.generator_steps = int(state["generator_steps"])
         if restore_rng:
-            self.generator_.set_state(state["rng"].cpu())
+            try:
+                self.generator_.set_state(state["rng"].cpu())
+            except RuntimeError:
+                # Saved on another device type (CPU vs CUDA RNG state): continue with a fresh stream.
+                self.generator_.manual_seed(int(state["generator_steps"]))
 
 
 @dataclass
@@ -115,7 +125,7 @@ class WGANGP(GANPairState):
         self.generator_steps = 0
         self.generator_ = torch.Generator(device=device)
         self.generator_.manual_seed(seed)
-        self.use_amp = bool(train_cfg.amp) and device.type == "cuda"
+        self.use_amp = amp_supported(train_cfg.amp, device)
 
     def _autocast(self):
         return autocast_context(self.use_amp)
