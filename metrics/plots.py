@@ -13,6 +13,16 @@ import matplotlib.pyplot as plt  # noqa: E402
 import pandas as pd  # noqa: E402
 
 
+
+def save_figure(fig, path: str | Path, dpi: int = 110) -> Path:
+    """tight_layout, create the folder, save, close: every PNG of a run is written the same way."""
+    fig.tight_layout()
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=dpi)
+    plt.close(fig)
+    return path
+
 def space_label(feature_space: str, classifier_accuracy: Optional[float] = None) -> str:
     """How a score's feature space is named everywhere: never 'Inception' for the classifier."""
     if feature_space == "inception":
@@ -71,12 +81,7 @@ def plot_scores_over_time(results: pd.DataFrame, path: str | Path) -> Optional[P
     ax.set_ylabel("IS (higher is better)")
     ax.legend(fontsize=8)
     ax.grid(alpha=0.3)
-    fig.tight_layout()
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
+    return save_figure(fig, path)
 
 
 def plot_per_class(per_label: pd.DataFrame, path: str | Path, max_labels: int = 100) -> Optional[Path]:
@@ -121,12 +126,7 @@ def plot_per_class(per_label: pd.DataFrame, path: str | Path, max_labels: int = 
     ax.set_xticklabels(names, rotation=90 if len(df) > 12 else 0, fontsize=8)
     ax.set_xlabel("label")
     ax.grid(axis="y", alpha=0.3)
-    fig.tight_layout()
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
+    return save_figure(fig, path)
 
 
 def make_plots(run_dir: str | Path) -> dict[str, Path]:

@@ -177,11 +177,9 @@ def plot_fid_vs_time(results: dict[str, Optional[pd.DataFrame]], path: Path) -> 
     ax.set_ylabel("FID (lower is better)")
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
-    fig.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
+    from metrics.plots import save_figure
+
+    return save_figure(fig, path)
 
 
 def _fmt(x, spec=".3f") -> str:

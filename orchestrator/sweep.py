@@ -259,10 +259,9 @@ def plot_efficiency(rows: list[dict], path: Path, title: str) -> Optional[Path]:
     ax.set_title(title, fontsize=10)
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
-    return path
+    from metrics.plots import save_figure
+
+    return save_figure(fig, path, dpi=120)
 
 
 # ------------------------------------------------------------------------------------ the sweep

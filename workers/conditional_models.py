@@ -21,7 +21,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from workers.models import resolution_plan, stage_channels
+from workers.models import Critic, resolution_plan, stage_channels
 
 
 class ConditionalBatchNorm(nn.Module):
@@ -69,18 +69,13 @@ class ConditionalGenerator(nn.Module):
         return self.to_image(h)
 
 
-class ProjectionCritic(nn.Module):
+class ProjectionCritic(Critic):
+    """The per-label Critic plus a class projection, so both methods share one critic body."""
+
     def __init__(self, width: int, channels: int, image_size: int, num_classes: int):
-        super().__init__()
-        self.base, stages = resolution_plan(image_size)
-        chans = list(reversed(stage_channels(width, stages)))
-        layers = [nn.Conv2d(channels, chans[0], kernel_size=3, padding=1), nn.LeakyReLU(0.2, inplace=True)]
-        for c_in, c_out in zip(chans[:-1], chans[1:]):
-            layers += [nn.Conv2d(c_in, c_out, kernel_size=4, stride=2, padding=1), nn.LeakyReLU(0.2, inplace=True)]
-        self.features = nn.Sequential(*layers)
-        self.head = nn.Linear(chans[-1] * self.base * self.base, 1)
+        super().__init__(width, channels, image_size)
         # Projection on globally sum-pooled features (Miyato & Koyama): one C-vector per class.
-        self.embed = nn.Embedding(num_classes, chans[-1])
+        self.embed = nn.Embedding(num_classes, self.feature_channels)
         nn.init.normal_(self.embed.weight, std=0.02)
 
     def forward(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:

@@ -62,6 +62,7 @@ class Critic(nn.Module):
         for c_in, c_out in zip(chans[:-1], chans[1:]):
             layers += [nn.Conv2d(c_in, c_out, kernel_size=4, stride=2, padding=1), nn.LeakyReLU(0.2, inplace=True)]
         self.features = nn.Sequential(*layers)
+        self.feature_channels = chans[-1]
         self.head = nn.Linear(chans[-1] * self.base * self.base, 1)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
