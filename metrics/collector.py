@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import time
 from pathlib import Path
-from typing import Callable, Optional
+from typing import Optional
 
 import pandas as pd
 
@@ -23,7 +23,6 @@ class Collector:
         self.labels = list(labels)
         self.started = time.time()
         self.state: dict[int, dict] = {k: {"state": "starting", "step": 0} for k in self.labels}
-        self.checkpoints: dict[int, list[dict]] = {k: [] for k in self.labels}
         self.summaries: dict[int, dict] = {}
         self.ready: set[int] = set()
         self.failed: set[int] = set()
@@ -34,7 +33,6 @@ class Collector:
         self.state[label] = {**self.state.get(label, {}), **stats, "updated": time.time()}
 
     def report_checkpoint(self, label: int, meta: dict) -> None:
-        self.checkpoints[label].append(meta)
         self.state[label] = {**self.state.get(label, {}), "last_checkpoint_step": meta["step"]}
 
     def report_done(self, label: int, summary: dict) -> None:
@@ -57,9 +55,6 @@ class Collector:
 
     def progress(self) -> dict[int, dict]:
         return self.state
-
-    def checkpoint_log(self) -> dict[int, list[dict]]:
-        return self.checkpoints
 
     # ------------------------------------------------------------- the end of a run
 
@@ -99,7 +94,7 @@ def write_grid(run_dir: Path, labels: list[int], per_label: int = 10) -> Path:
 
 
 def format_progress(state: dict[int, dict], budget_s: float, elapsed_wall: float,
-                    max_rows: int = 16, log: Optional[Callable[[str], None]] = None) -> str:
+                    max_rows: int = 16) -> str:
     """One line per label for small runs; an aggregate for large ones (1,000 labels)."""
     labels = sorted(state)
     done = sum(1 for k in labels if state[k].get("state") == "done")

@@ -268,28 +268,31 @@ class ClassifierFeatures(_Frozen):
     def __init__(self, model: SmallCNN):
         super().__init__()
         self.model = model.eval().requires_grad_(False)
-        self.num_features = model.feature_dim
+        self.num_features = self._width(model)
+
+    @staticmethod
+    def _width(model: SmallCNN) -> int:
+        return model.feature_dim
+
+    def _output(self, x: torch.Tensor) -> torch.Tensor:
+        return self.model.features(x)
 
     @torch.no_grad()
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         p = next(self.model.parameters())
         with single_thread_if_tiny(p.device, self.model.arch["image_size"]):
-            return self.model.features(x.to(p.device)).float()
+            return self._output(x.to(p.device)).float()
 
 
-class ClassifierLogits(_Frozen):
+class ClassifierLogits(ClassifierFeatures):
     """``feature=`` module for torchmetrics InceptionScore: images -> [N, num_classes] logits."""
 
-    def __init__(self, model: SmallCNN):
-        super().__init__()
-        self.model = model.eval().requires_grad_(False)
-        self.num_features = model.num_classes
+    @staticmethod
+    def _width(model: SmallCNN) -> int:
+        return model.num_classes
 
-    @torch.no_grad()
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        p = next(self.model.parameters())
-        with single_thread_if_tiny(p.device, self.model.arch["image_size"]):
-            return self.model(x.to(p.device)).float()
+    def _output(self, x: torch.Tensor) -> torch.Tensor:
+        return self.model(x)
 
 
 @dataclass

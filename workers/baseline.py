@@ -253,7 +253,7 @@ def train_loop_per_worker(config: dict) -> None:
     import ray.train.torch
     import torch.distributed as dist
 
-    from workers.trainer import HISTORY_FIELDS, _History  # noqa: F401 (same history.csv format)
+    from workers.trainer import History  # the same history.csv format as the label actors
 
     run_dir = Path(config["run_dir"])
     cfg = Config.model_validate(config["cfg"])
@@ -304,7 +304,7 @@ def train_loop_per_worker(config: dict) -> None:
         _prune(run_dir, train.keep_checkpoints)
         return path
 
-    history = _History(baseline_dir(run_dir) / "history.csv", keep_up_to=start_steps) if rank == 0 else None
+    history = History(baseline_dir(run_dir) / "history.csv", keep_up_to=start_steps) if rank == 0 else None
     t0 = time.monotonic()
     last_log = last_ckpt = t0
     steps_at_log = gan.generator_steps

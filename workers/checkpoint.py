@@ -10,7 +10,6 @@ from __future__ import annotations
 import os
 import re
 import tempfile
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional
 
@@ -68,13 +67,3 @@ def prune(run_dir: str | Path, label: int, keep: Optional[int]) -> None:
         return
     for _, p in list_checkpoints(run_dir, label)[:-keep]:
         p.unlink(missing_ok=True)
-
-
-@dataclass(frozen=True)
-class CheckpointMeta:
-    """What the collector needs to know about a checkpoint without loading it."""
-
-    label: int
-    step: int
-    elapsed_s: float
-    path: str

@@ -115,7 +115,7 @@ class LabelTrainer:
             checkpoint.prune(self.run_dir, self.label, train.keep_checkpoints)
             self._report("checkpoint", {"step": gan.generator_steps, "elapsed_s": elapsed, "path": str(path)})
 
-        history = _History(checkpoint.label_dir(self.run_dir, self.label) / "history.csv", keep_up_to=start_step)
+        history = History(checkpoint.label_dir(self.run_dir, self.label) / "history.csv", keep_up_to=start_step)
         t0 = time.monotonic()
         last_log = last_ckpt = t0
         steps_at_log = start_step
@@ -213,7 +213,7 @@ def _telemetry(run_id: str, label: int, start_step: int):
     return LabelMetrics(run_id, label, start_step)
 
 
-class _History:
+class History:
     """history.csv, appended line by line so a crash loses at most the current interval."""
 
     def __init__(self, path: Path, keep_up_to: int = 0):
