@@ -21,10 +21,10 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from orchestrator.config import load_config  # noqa: E402
+from core.config import load_config  # noqa: E402
 from orchestrator.run import train  # noqa: E402
 from workers.data import load_label  # noqa: E402
-from workers.wgan_gp import WGANGP, pick_device  # noqa: E402
+from workers.gan import WGANGP, pick_device  # noqa: E402
 
 LABEL = 3
 
@@ -41,8 +41,7 @@ def bare_loop(cfg, seconds: float) -> float:
     """Generator steps/s of the same training step with no Ray in the way."""
     torch.set_num_threads(1)
     images = load_label(cfg.dataset, LABEL, "train")
-    gan = WGANGP(cfg.model, cfg.train, images, images.shape[1], images.shape[2], pick_device(),
-                 seed=cfg.train.seed * 1000 + LABEL)
+    gan = WGANGP.build(cfg.model, cfg.train, images, pick_device(), seed=cfg.train.seed * 1000 + LABEL)
     gan.step()  # warm-up, as the actor's set-up is not counted either
     gan.generator_steps = 0
     t0 = time.monotonic()
@@ -52,7 +51,7 @@ def bare_loop(cfg, seconds: float) -> float:
 
 
 def actor_loop(cfg) -> float:
-    result = train(cfg, log=lambda _: None, evaluate=False)
+    result = train(cfg, evaluate=False)
     return result.summaries[0]["steps_per_s"]
 
 

@@ -13,13 +13,17 @@ from typing import Optional
 
 import pandas as pd
 
+from core.logs import configure as configure_logging
+from core.rundir import RunDir, write_csv
+
 SUMMARY_COLUMNS = ["label", "steps", "elapsed_s", "steps_per_s", "images_per_s", "critic_loss",
                    "generator_loss", "wasserstein", "restarts", "device", "resumed_from_step", "first_step_unix"]
 
 
 class Collector:
-    def __init__(self, run_dir: str, labels: list[int]):
-        self.run_dir = Path(run_dir)
+    def __init__(self, run_dir: str, labels: list[int], log_level: Optional[str] = None):
+        configure_logging(log_level)  # scoring logs from this process reach the driver's terminal
+        self.run = RunDir(run_dir)
         self.labels = list(labels)
         self.started = time.time()
         self.state: dict[int, dict] = {k: {"state": "starting", "step": 0} for k in self.labels}
@@ -64,58 +68,19 @@ class Collector:
         The driver passes the summaries it got from the label actors: their fire-and-forget
         `report_done` calls may still be in flight when it calls this.
         """
-        summaries = summaries if summaries is not None else list(self.summaries.values())
-        outputs = {"summary": str(write_summary(self.run_dir, summaries))}
-        outputs["grid"] = str(write_grid(self.run_dir, self.labels))
-        if evaluate:
-            from metrics.evaluate import evaluate_run
+        # Deferred: torch, pandas and matplotlib would slow this actor's start, beside the label actors'.
+        from metrics.evaluate import evaluate_run
+        from metrics.grid import save_run_grid
 
-            evaluate_run(self.run_dir)
-            outputs["results"] = str(self.run_dir / "results.csv")
-            outputs["report"] = str(self.run_dir / "report.md")
+        summaries = summaries if summaries is not None else list(self.summaries.values())
+        outputs = {"summary": str(write_summary(self.run, summaries)), "grid": str(save_run_grid(self.run))}
+        if evaluate:
+            evaluate_run(self.run.path)
+            outputs["results"] = str(self.run.results_csv)
+            outputs["report"] = str(self.run.report)
         return outputs
 
 
-def write_summary(run_dir: Path, summaries) -> Path:
+def write_summary(run: RunDir, summaries) -> Path:
     frame = pd.DataFrame(list(summaries), columns=SUMMARY_COLUMNS).sort_values("label")
-    path = Path(run_dir) / "summary.csv"
-    frame.to_csv(path, index=False)
-    return path
-
-
-def write_grid(run_dir: Path, labels: list[int], per_label: int = 10) -> Path:
-    from metrics.grid import grid_labels, save_sample_grid
-    from workers import checkpoint
-    from workers.ensemble import Ensemble
-
-    shown = grid_labels([k for k in labels if checkpoint.latest_checkpoint(run_dir, k) is not None])
-    ensemble = Ensemble.from_checkpoints({k: checkpoint.latest_checkpoint(run_dir, k) for k in shown})
-    return save_sample_grid(ensemble, shown, Path(run_dir) / "samples" / "grid.png", per_label=per_label)
-
-
-def format_progress(state: dict[int, dict], budget_s: float, elapsed_wall: float,
-                    max_rows: int = 16) -> str:
-    """One line per label for small runs; an aggregate for large ones (1,000 labels)."""
-    labels = sorted(state)
-    done = sum(1 for k in labels if state[k].get("state") == "done")
-    failed = sum(1 for k in labels if state[k].get("state") == "failed")
-    head = f"[{elapsed_wall:6.0f}s] {done}/{len(labels)} labels done" + (f", {failed} failed" if failed else "")
-    if len(labels) <= max_rows:
-        lines = [head]
-        for k in labels:
-            s = state[k]
-            left = max(0.0, budget_s - float(s.get("elapsed_s", 0.0)))
-            ips = s.get("images_per_s")
-            w = s.get("wasserstein")
-            lines.append(
-                f"  label {k:>4}: {s.get('state', '?'):<9} step {int(s.get('step', 0)):>7}"
-                f"  budget left {left:6.0f}s"
-                + (f"  {ips:8.0f} img/s" if ips is not None else "")
-                + (f"  W {w:7.3f}" if w is not None else "")
-                + (f"  restarts {s['restarts']}" if s.get("restarts") else "")
-            )
-        return "\n".join(lines)
-    steps = sorted(int(state[k].get("step", 0)) for k in labels)
-    lefts = [max(0.0, budget_s - float(state[k].get("elapsed_s", 0.0))) for k in labels]
-    return (f"{head}; steps min/median/max {steps[0]}/{steps[len(steps) // 2]}/{steps[-1]}; "
-            f"budget left max {max(lefts):.0f}s")
+    return write_csv(frame, run.summary_csv)

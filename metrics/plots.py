@@ -2,9 +2,8 @@
 
 from __future__ import annotations
 
-import math
 from pathlib import Path
-from typing import Optional
+from typing import Mapping, Optional
 
 import matplotlib
 
@@ -12,6 +11,8 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import pandas as pd  # noqa: E402
 
+from core.fmt import isnan  # noqa: E402
+from metrics.results import read_results, rows, value  # noqa: E402
 
 
 def save_figure(fig, path: str | Path, dpi: int = 110) -> Path:
@@ -23,24 +24,13 @@ def save_figure(fig, path: str | Path, dpi: int = 110) -> Path:
     plt.close(fig)
     return path
 
+
 def space_label(feature_space: str, classifier_accuracy: Optional[float] = None) -> str:
     """How a score's feature space is named everywhere: never 'Inception' for the classifier."""
     if feature_space == "inception":
         return "Inception"
-    acc = "" if classifier_accuracy is None or _isnan(classifier_accuracy) else f", classifier acc {classifier_accuracy:.3f}"
+    acc = "" if classifier_accuracy is None or isnan(classifier_accuracy) else f", classifier acc {classifier_accuracy:.3f}"
     return f"classifier space{acc}"
-
-
-def _isnan(x) -> bool:
-    try:
-        return math.isnan(float(x))
-    except (TypeError, ValueError):
-        return True
-
-
-def _value(results: pd.DataFrame, ev: str, metric: str, label: str = "all") -> Optional[pd.Series]:
-    sel = results[(results["eval"] == ev) & (results["metric"] == metric) & (results["label"].astype(str) == label)]
-    return None if sel.empty else sel.iloc[0]
 
 
 def plot_scores_over_time(results: pd.DataFrame, path: str | Path) -> Optional[Path]:
@@ -60,7 +50,7 @@ def plot_scores_over_time(results: pd.DataFrame, path: str | Path) -> Optional[P
         n = fid.iloc[-1]
         ax.set_title(f"FID ({space})\n{int(n['n_fake'])} generated vs {int(n['n_real'])} real (train split)",
                      fontsize=9)
-    floor = _value(results, "real_floor", "fid")
+    floor = value(results, "real_floor", "fid")
     if floor is not None:
         ax.axhline(floor["value"], color="gray", ls="--",
                    label=f"real floor {floor['value']:.3g} (train {int(floor['n_real'])} vs held-out {int(floor['n_fake'])})")
@@ -74,7 +64,7 @@ def plot_scores_over_time(results: pd.DataFrame, path: str | Path) -> Optional[P
         ax.errorbar(ism["eval_time_s"], ism["value"], yerr=std, fmt="o-", color="C1", capsize=3, label="ensemble")
         ax.set_title(f"IS ({space})\nmean +- std over splits, {int(ism.iloc[-1]['n_fake'])} samples",
                      fontsize=9)
-    real_is = _value(results, "real_floor", "is_mean")
+    real_is = value(results, "real_floor", "is_mean")
     if real_is is not None:
         ax.axhline(real_is["value"], color="gray", ls="--", label=f"held-out real images {real_is['value']:.3g}")
     ax.set_xlabel("training time per label (s)")
@@ -117,7 +107,7 @@ def plot_per_class(per_label: pd.DataFrame, path: str | Path, max_labels: int = 
             ax.scatter(x, df["heldout_class_accuracy"], color="black", marker="_", s=200, zorder=3,
                        label="classifier on held-out real images of k")
         acc = row.get("classifier_accuracy")
-        ax.set_title("Class accuracy of samples" + ("" if _isnan(acc) else f" (classifier held-out accuracy {acc:.3f})"),
+        ax.set_title("Class accuracy of samples" + ("" if isnan(acc) else f" (classifier held-out accuracy {acc:.3f})"),
                      fontsize=9)
         ax.legend(fontsize=8, loc="upper right", framealpha=0.9)
         ax.set_ylim(0, 1.3)
@@ -129,13 +119,43 @@ def plot_per_class(per_label: pd.DataFrame, path: str | Path, max_labels: int = 
     return save_figure(fig, path)
 
 
+def plot_fid_vs_time(results: Mapping[str, Optional[pd.DataFrame]], path: Path) -> Optional[Path]:
+    """FID of each method against training time, one line each, with the real floor: `wcgan compare`'s plot."""
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    drawn, title, floor_drawn = False, "FID", False
+    for i, (method, res) in enumerate(results.items()):
+        if res is None or res.empty:
+            continue
+        sel = pd.concat([rows(res, "checkpoint", "fid"), rows(res, "final", "fid")]).sort_values("eval_time_s")
+        if sel.empty:
+            continue
+        ax.plot(sel["eval_time_s"], sel["value"], "o-", color=f"C{i}",
+                label=f"{method} ({int(sel['n_fake'].iloc[-1])} generated)")
+        drawn = True
+        title = f"FID ({space_label(sel['feature_space'].iloc[-1], sel['classifier_accuracy'].iloc[-1])})"
+        floor = value(res, "real_floor", "fid")
+        if floor is not None and not floor_drawn:
+            ax.axhline(float(floor["value"]), color="gray", ls="--",
+                       label=f"real floor {float(floor['value']):.3g} (train vs held-out)")
+            floor_drawn = True
+    if not drawn:
+        plt.close(fig)
+        return None
+    ax.set_title(title + "\nsame budget, same devices, same feature space", fontsize=9)
+    ax.set_xlabel("training wall-clock time (s)")
+    ax.set_ylabel("FID (lower is better)")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    return save_figure(fig, path)
+
+
 def make_plots(run_dir: str | Path) -> dict[str, Path]:
     """All plots of a run from its results.csv / per_label.csv, under run_dir/plots/."""
     run_dir = Path(run_dir)
     out: dict[str, Path] = {}
-    results_path, per_label_path = run_dir / "results.csv", run_dir / "per_label.csv"
-    if results_path.is_file():
-        p = plot_scores_over_time(pd.read_csv(results_path, dtype={"label": str}), run_dir / "plots" / "fid_over_time.png")
+    results, per_label_path = read_results(run_dir / "results.csv"), run_dir / "per_label.csv"
+    if results is not None:
+        p = plot_scores_over_time(results, run_dir / "plots" / "fid_over_time.png")
         if p:
             out["fid_over_time"] = p
     if per_label_path.is_file() and per_label_path.stat().st_size > 1:

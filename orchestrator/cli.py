@@ -1,35 +1,27 @@
-"""`wcgan` / `python -m orchestrator`: one entry point for laptops, `ray job submit` and sweeps."""
+"""`wcgan` / `python -m orchestrator`: one entry point for laptops, `ray job submit` and sweeps.
+
+Every sub-command's arguments are defined here; each command's work lives in its own module,
+imported when the command runs, so `wcgan --help` and `wcgan status` do not load torch.
+"""
 
 from __future__ import annotations
 
 import argparse
+import logging
 import sys
 from pathlib import Path
 from typing import Optional, Sequence
 
-from orchestrator.config import ConfigError, load_config
-
-DEFAULT_CONFIG = "experiments/digits.yaml"
-
-
-def _add_config_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--config", default=None,
-                   help=f"experiment YAML (default: {DEFAULT_CONFIG} when it exists, else built-in defaults)")
-    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
-                   help="override a config value with a dotted key, e.g. --set train.budget_s=60 (repeatable)")
-
-
-def _config(args):
-    path = args.config
-    if path is None and Path(DEFAULT_CONFIG).is_file():
-        path = DEFAULT_CONFIG
-    return load_config(path, args.overrides)
+from core.errors import ConfigError, RunFailed
+from core.logs import configure as configure_logging
+from core.rundir import RunDir
+from orchestrator.args import add_config_args, config_from_args
 
 
 def cmd_train(args) -> int:
-    from orchestrator.run import train
+    from orchestrator.run import train  # deferred: imports Ray, torch and the training stack
 
-    cfg = _config(args)
+    cfg = config_from_args(args)
     result = train(cfg, address=args.address, evaluate=False if args.no_eval else None)
     print(f"done in {result.wall_s:.0f}s: " + ", ".join(f"{k}={v}" for k, v in result.outputs.items()))
     return 0
@@ -43,57 +35,78 @@ def _parse_labels(text: str) -> list[int]:
 
 
 def cmd_sample(args) -> int:
-    from metrics.grid import save_sample_grid
+    from metrics.grid import save_sample_grid  # deferred: torch
     from workers.sampler import load_sampler
 
     run = Path(args.run)
     if not run.is_dir():
         raise ConfigError(f"--run: run directory not found: {run}")
-    try:
-        ensemble = load_sampler(run)  # per-label ensemble or data-parallel baseline
-    except FileNotFoundError as err:
-        raise ConfigError(f"--run: {err}") from None
-    labels = _parse_labels(args.label) if args.label is not None else ensemble.labels
-    missing = sorted(set(labels) - set(ensemble.labels))
-    if missing:
-        raise ConfigError(f"--label: {missing} not in this run; it has generators for labels {ensemble.labels}")
     if args.n < 1:
         raise ConfigError("--n: must be >= 1")
-    out = save_sample_grid(ensemble, labels, args.out, per_label=args.n, seed=args.seed)
+    try:
+        sampler = load_sampler(run)  # per-label ensemble or data-parallel baseline
+    except FileNotFoundError as err:
+        raise ConfigError(f"--run: {err}") from None
+    labels = _parse_labels(args.label) if args.label is not None else sampler.labels
+    missing = sorted(set(labels) - set(sampler.labels))
+    if missing:
+        raise ConfigError(f"--label: {missing} not in this run; it has generators for labels {sampler.labels}")
+    out = save_sample_grid(sampler, labels, args.out, per_label=args.n, seed=args.seed)
     print(f"wrote {len(labels) * args.n} samples ({len(labels)} label(s) x {args.n}) to {out}")
     return 0
 
 
 def cmd_evaluate(args) -> int:
-    from metrics.evaluate import evaluate_run
+    from metrics.evaluate import evaluate_run  # deferred: torch, the feature extractors
 
-    run = Path(args.run)
-    if not (run / "config.yaml").is_file():
-        raise ConfigError(f"--run: {run} is not a wcgan run directory (no config.yaml)")
+    run = RunDir(args.run)
+    if not run.config.is_file():
+        raise ConfigError(f"--run: {run.path} is not a wcgan run directory (no config.yaml)")
     try:
-        evaluate_run(run)
+        evaluate_run(run.path)
     except FileNotFoundError as err:
         raise ConfigError(f"--run: {err}") from None
-    print(f"wrote {run / 'results.csv'} and {run / 'report.md'}")
+    print(f"wrote {run.results_csv} and {run.report}")
     return 0
 
 
 def cmd_report(args) -> int:
-    from metrics.report import render_report
+    from metrics.report import render_report  # deferred: matplotlib
 
-    run = Path(args.run)
-    if not (run / "results.csv").is_file():
-        raise ConfigError(f"--run: {run} has no results.csv yet; run `wcgan evaluate --run {run}` first")
-    print(f"wrote {render_report(run)}")
+    run = RunDir(args.run)
+    if not run.results_csv.is_file():
+        raise ConfigError(f"--run: {run.path} has no results.csv yet; run `wcgan evaluate --run {run.path}` first")
+    print(f"wrote {render_report(run.path)}")
     return 0
+
+
+def cmd_compare(args) -> int:
+    from orchestrator.compare import cmd_compare  # deferred: torch, Ray and Ray Train
+
+    return cmd_compare(args)
+
+
+def cmd_sweep(args) -> int:
+    from orchestrator.sweep import cmd_sweep  # deferred: pandas, the Jobs SDK
+
+    return cmd_sweep(args)
+
+
+def cmd_status(args) -> int:
+    from orchestrator.status import cmd_status  # deferred: Ray's state API
+
+    return cmd_status(args)
 
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="wcgan", description=__doc__)
+    verbosity = parser.add_mutually_exclusive_group()
+    verbosity.add_argument("-q", "--quiet", action="store_true", help="print warnings and errors only")
+    verbosity.add_argument("-v", "--verbose", action="store_true", help="print debug messages too")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     p = sub.add_parser("train", help="train one generator per label on Ray, then score the ensemble")
-    _add_config_args(p)
+    add_config_args(p)
     p.add_argument("--address", default=None, help="Ray cluster address (default: $RAY_ADDRESS, else a local Ray)")
     p.add_argument("--no-eval", action="store_true", help="skip the metrics at the end (grid and summary only)")
     p.set_defaults(func=cmd_train)
@@ -114,42 +127,83 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--run", required=True)
     p.set_defaults(func=cmd_report)
 
-    for register in _extra_commands():
-        register(sub)
+    p = sub.add_parser(
+        "compare", help="train the per-label ensemble and a data-parallel conditional GAN under the same "
+                        "budget and devices, score both, write a side-by-side report")
+    add_config_args(p)
+    p.add_argument("--address", default=None, help="Ray cluster address (default: $RAY_ADDRESS, else a local Ray)")
+    p.add_argument("--no-eval", action="store_true", help="train both but skip scoring (throughput columns only)")
+    p.set_defaults(func=cmd_compare)
+
+    p = sub.add_parser(
+        "sweep", help="weak/strong scaling sweep: one Ray job per point -> scaling.csv, scaling.png",
+        description="Weak or strong scaling sweep, one Ray job of `python -m orchestrator train` per point, "
+                    "each with a fixed number of generator steps per label. weak: N labels on N workers; "
+                    "strong: --labels L on N workers' worth of resources. Without --address/$RAY_ADDRESS a "
+                    "private local Ray head is started and stopped. See the README, 'Scaling sweeps'.")
+    add_config_args(p)
+    p.add_argument("--workers", default="1,2",
+                   help="comma-separated worker counts N, e.g. 1,2,4,8 (default 1,2)")
+    p.add_argument("--mode", choices=("weak", "strong"), default="weak",
+                   help="weak: N labels on N workers, fixed steps per worker (default); "
+                        "strong: fixed labels (--labels) on N workers")
+    p.add_argument("--steps", type=int, default=200, help="generator steps per label at every point (default 200)")
+    p.add_argument("--labels", type=int, default=None,
+                   help="strong scaling: number of labels trained at every point (default: the largest N)")
+    p.add_argument("--cpus-per-worker", type=float, default=1.0, help="CPUs of one worker (default 1)")
+    p.add_argument("--gpus-per-worker", type=float, default=0.0,
+                   help="GPUs of one worker (default 0; 1 on a GPU cluster)")
+    p.add_argument("--out", default=None, help="output directory (default runs/sweeps/<sweep id>)")
+    p.add_argument("--storage", default=None,
+                   help="run.storage for the jobs, a path shared by every node and this machine "
+                        "(default <out>/runs)")
+    p.add_argument("--id", dest="sweep_id", default=None, help="sweep id (default sweep-<timestamp>)")
+    p.add_argument("--address", default=None,
+                   help="Ray dashboard address for the Jobs API, e.g. http://head:8265 (default: "
+                        "$RAY_API_SERVER_ADDRESS / $RAY_ADDRESS; unset: start a local Ray head)")
+    p.add_argument("--local-cpus", type=float, default=None,
+                   help="CPUs of the local head the sweep starts (default: this machine's cores)")
+    p.add_argument("--runtime-env", default=None, help="runtime env YAML (default runtime_env.yaml)")
+    p.add_argument("--working-dir", default=None, help="directory uploaded with each job (default: this repo)")
+    p.add_argument("--budget-s", type=float, default=3600.0,
+                   help="wall-clock safety cap per label (train.budget_s); the steps set the work (default 3600)")
+    p.add_argument("--timeout-s", type=float, default=None,
+                   help="give up on a point's job after this long (default budget + 900 s)")
+    p.add_argument("--no-job-output", dest="job_output", action="store_false",
+                   help="print job status changes only, not the jobs' output")
+    p.set_defaults(func=cmd_sweep)
+
+    p = sub.add_parser(
+        "status", help="live table of the per-label actors of running runs (Ray state API)",
+        description="List the per-label actors (wcgan/<run>/label-<k>) of the runs going on in a Ray "
+                    "cluster, with each label's step, budget left, images/s and state.")
+    p.add_argument("--address", default=None,
+                   help="Ray cluster address as for `wcgan train` (e.g. 10.0.0.1:6379; default: $RAY_ADDRESS, "
+                        "else the Ray running on this machine). A dashboard URL (http://head:8265) lists the "
+                        "actors only, without per-label progress.")
+    p.add_argument("--run", default=None, help="show only this run id")
+    p.add_argument("--watch", type=float, default=None, metavar="SECONDS",
+                   help="refresh every SECONDS until interrupted")
+    p.add_argument("--max-rows", type=int, default=50,
+                   help="per-label rows shown per run before summarising the rest (default 50)")
+    p.set_defaults(func=cmd_status)
     return parser
-
-
-def _extra_commands():
-    """Sub-commands that live in their own modules (compare, sweep, status)."""
-    registers = []
-    for module in ("orchestrator.compare", "orchestrator.sweep", "orchestrator.status"):
-        try:
-            mod = __import__(module, fromlist=["register"])
-        except ModuleNotFoundError as err:
-            if err.name != module:
-                raise
-            continue
-        registers.append(mod.register)
-    return registers
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
     args = build_parser().parse_args(argv)
+    configure_logging(logging.WARNING if args.quiet else logging.DEBUG if args.verbose else logging.INFO)
     try:
         return args.func(args)
-    except ConfigError as err:
+    except ConfigError as err:  # bad input: the message says what to fix
         print(f"wcgan {args.command}: error: {err}", file=sys.stderr)
         return 2
+    except RunFailed as err:  # set up right, but did not finish: the message says how to resume
+        print(f"wcgan {args.command}: {err}", file=sys.stderr)
+        return 1
     except KeyboardInterrupt:
         print(f"wcgan {args.command}: interrupted", file=sys.stderr)
         return 130
-    except Exception as err:  # RunFailed and friends: say it plainly, exit 1
-        from orchestrator.run import RunFailed
-
-        if isinstance(err, RunFailed):
-            print(f"wcgan {args.command}: {err}", file=sys.stderr)
-            return 1
-        raise
 
 
 if __name__ == "__main__":

@@ -2,15 +2,18 @@
 
 from __future__ import annotations
 
+import logging
 import os
 from typing import Optional
 
 import ray
 
-from orchestrator.config import ConfigError
+from core.errors import ConfigError
+
+logger = logging.getLogger(__name__)
 
 
-def connect(address: Optional[str] = None, log=print) -> None:
+def connect(address: Optional[str] = None) -> None:
     """Idempotent: reuses an existing connection (tests, `ray job submit` drivers)."""
     if ray.is_initialized():
         return
@@ -23,10 +26,10 @@ def connect(address: Optional[str] = None, log=print) -> None:
         )
     if address:
         ray.init(address=address, log_to_driver=True)
-        log(f"connected to Ray cluster at {address}")
+        logger.info("connected to Ray cluster at %s", address)
     else:
         ray.init(address="local", num_cpus=os.cpu_count(), log_to_driver=True)
-        log(f"started a local Ray with {os.cpu_count()} CPUs (set RAY_ADDRESS to use a cluster)")
+        logger.info("started a local Ray with %d CPUs (set RAY_ADDRESS to use a cluster)", os.cpu_count())
 
 
 def alive_nodes() -> list[dict[str, float]]:

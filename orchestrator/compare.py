@@ -31,16 +31,29 @@ Fairness rules, applied here and stated in the report:
 from __future__ import annotations
 
 import json
-import math
+import logging
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Optional
+from typing import Optional
 
 import pandas as pd
 
-from orchestrator.config import Config, save_config
-from orchestrator.resources import PlacementError, ResourcePlan
+from core import fmt
+from core.config import Config, dump_config
+from core.rundir import RunDir, write_csv, write_text
+from metrics.evaluate import evaluate_run
+from metrics.plots import plot_fid_vs_time
+from metrics.results import read_results, rows, value
+from orchestrator.args import config_from_args
+from orchestrator.baseline import train_baseline
+from orchestrator.cluster import alive_nodes, connect
+from orchestrator.resources import BaselinePlan, ResourcePlan, plan_baseline, plan_resources
+from orchestrator.run import train
+from workers.data import describe
+from workers.models import build_models, count_parameters
+
+logger = logging.getLogger(__name__)
 
 COMPARISON_COLUMNS = ["method", "fid", "is_mean", "is_std", "kid_mean", "mean_class_fid", "class_accuracy",
                       "images_per_s", "device_seconds", "budget_s", "n_fake", "feature_space"]
@@ -48,56 +61,8 @@ EXTRA_COLUMNS = ["device", "workers", "steps", "train_s", "generator_params", "c
                  "classifier_accuracy", "real_floor_fid"]
 METHODS = ("ensemble", "baseline")
 
-Log = Callable[[str], None]
-
-
-# ------------------------------------------------------------------ resources
-
-@dataclass(frozen=True)
-class BaselinePlan:
-    num_workers: int
-    use_gpu: bool
-    resources_per_worker: dict
-    total_gpus: float
-    total_cpus: float
-
-    def describe(self) -> str:
-        res = " + ".join(f"{v:g} {k}" for k, v in self.resources_per_worker.items())
-        return f"{self.num_workers} Ray Train worker(s) x ({res}), {'NCCL' if self.use_gpu else 'gloo'}"
-
-
-def _share(x: float) -> float:
-    """A per-worker share: a whole number when within 1% of one (undo 4-decimal flooring), else floored."""
-    r = round(x)
-    if r >= 1 and abs(x - r) < 0.01 * r:
-        return float(r)
-    return math.floor(x * 10_000) / 10_000
-
-
-def plan_baseline(plan: ResourcePlan) -> BaselinePlan:
-    """The Ray Train worker group holding the same CPUs and GPUs in total as the ensemble's plan."""
-    total_gpus = plan.gpus_per_label * plan.n_labels
-    total_cpus = plan.cpus_per_label * plan.n_labels
-    if total_gpus > 0:
-        # One worker per physical GPU the ensemble occupied. For n >= 2 each share exceeds 0.5,
-        # so Ray never packs two workers (two NCCL ranks) on one GPU.
-        n = max(1, math.ceil(total_gpus - 1e-6))
-        res = {"GPU": min(1.0, _share(total_gpus / n))}
-        if total_cpus > 0:
-            res["CPU"] = _share(total_cpus / n)
-        return BaselinePlan(n, True, res, total_gpus, total_cpus)
-    if total_cpus <= 0:
-        raise PlacementError("the ensemble's plan holds no CPU and no GPU; nothing to give the baseline")
-    n = max(1, math.floor(total_cpus + 1e-3))
-    return BaselinePlan(n, False, {"CPU": _share(total_cpus / n)}, 0.0, total_cpus)
-
 
 # ------------------------------------------------------------------ scores
-
-def _final(results: pd.DataFrame, metric: str, label: str = "all") -> Optional[pd.Series]:
-    sel = results[(results["eval"] == "final") & (results["metric"] == metric) & (results["label"].astype(str) == label)]
-    return None if sel.empty else sel.iloc[-1]
-
 
 def score_row(results: Optional[pd.DataFrame]) -> dict:
     """FID, IS, KID, mean per-class FID, class accuracy of the final evaluation in a tidy results table."""
@@ -108,86 +73,32 @@ def score_row(results: Optional[pd.DataFrame]) -> dict:
     if results is None or results.empty:
         return row
     for metric in ("fid", "is_mean", "is_std", "kid_mean", "class_accuracy"):
-        r = _final(results, metric)
+        r = value(results, "final", metric)
         if r is not None:
             row[metric] = float(r["value"])
-    fid = _final(results, "fid")
+    fid = value(results, "final", "fid")
     if fid is not None:
         row["n_fake"] = int(fid["n_fake"])
         row["feature_space"] = fid["feature_space"]
         row["classifier_accuracy"] = float(fid.get("classifier_accuracy", nan))
-    per = results[(results["eval"] == "final") & (results["metric"] == "fid") & (results["label"].astype(str) != "all")]
+    per = rows(results, "final", "fid", label=None)
     if not per.empty:
         row["mean_class_fid"] = float(per["value"].mean())
-    floor = results[(results["eval"] == "real_floor") & (results["metric"] == "fid") & (results["label"].astype(str) == "all")]
-    if not floor.empty:
-        row["real_floor_fid"] = float(floor["value"].iloc[0])
+    floor = value(results, "real_floor", "fid")
+    if floor is not None:
+        row["real_floor_fid"] = float(floor["value"])
     return row
 
 
-def _read_results(run_dir: Path) -> Optional[pd.DataFrame]:
-    path = run_dir / "results.csv"
-    return pd.read_csv(path, dtype={"label": str}) if path.is_file() else None
-
-
 def _param_counts(cfg: Config, info) -> dict:
-    from workers.conditional_models import build_conditional_models
-    from workers.models import build_models, count_parameters
-
     g, d = build_models(cfg.model, info.channels, info.image_size)
-    cg, cd = build_conditional_models(cfg.model, info.channels, info.image_size, info.num_classes)
+    cg, cd = build_models(cfg.model, info.channels, info.image_size, info.num_classes)
     n = len(info.labels)
     return {"ensemble": (n * count_parameters(g), n * count_parameters(d)),
             "baseline": (count_parameters(cg), count_parameters(cd))}
 
 
 # ------------------------------------------------------------------ outputs
-
-def plot_fid_vs_time(results: dict[str, Optional[pd.DataFrame]], path: Path) -> Optional[Path]:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    from metrics.plots import space_label
-
-    fig, ax = plt.subplots(figsize=(7, 4.5))
-    drawn, title, floor_drawn = False, "FID", False
-    for i, (method, res) in enumerate(results.items()):
-        if res is None or res.empty:
-            continue
-        sel = res[res["eval"].isin(["checkpoint", "final"]) & (res["metric"] == "fid") & (res["label"].astype(str) == "all")]
-        sel = sel.sort_values("eval_time_s")
-        if sel.empty:
-            continue
-        ax.plot(sel["eval_time_s"], sel["value"], "o-", color=f"C{i}",
-                label=f"{method} ({int(sel['n_fake'].iloc[-1])} generated)")
-        drawn = True
-        title = f"FID ({space_label(sel['feature_space'].iloc[-1], sel['classifier_accuracy'].iloc[-1])})"
-        floor = res[(res["eval"] == "real_floor") & (res["metric"] == "fid") & (res["label"].astype(str) == "all")]
-        if not floor.empty and not floor_drawn:
-            ax.axhline(float(floor["value"].iloc[0]), color="gray", ls="--",
-                       label=f"real floor {float(floor['value'].iloc[0]):.3g} (train vs held-out)")
-            floor_drawn = True
-    if not drawn:
-        plt.close(fig)
-        return None
-    ax.set_title(title + "\nsame budget, same devices, same feature space", fontsize=9)
-    ax.set_xlabel("training wall-clock time (s)")
-    ax.set_ylabel("FID (lower is better)")
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=8)
-    from metrics.plots import save_figure
-
-    return save_figure(fig, path)
-
-
-def _fmt(x, spec=".3f") -> str:
-    try:
-        return "n/a" if x is None or math.isnan(float(x)) else format(float(x), spec)
-    except (TypeError, ValueError):
-        return str(x)
-
 
 def write_report(cmp_dir: Path, table: pd.DataFrame, cfg: Config, info, ens_plan: ResourcePlan,
                  bl_plan: BaselinePlan, plot: Optional[Path], scored: bool) -> Path:
@@ -197,7 +108,7 @@ def write_report(cmp_dir: Path, table: pd.DataFrame, cfg: Config, info, ens_plan
     space_note = ""
     if space == "classifier":
         space_note = (f"Scores are in **classifier space, not Inception space** (a small CNN trained on "
-                      f"{info.name}'s training split, held-out accuracy {_fmt(acc.iloc[0] if len(acc) else None)}); "
+                      f"{info.name}'s training split, held-out accuracy {fmt.num(acc.iloc[0] if len(acc) else None)}); "
                       f"they compare the two methods with each other, not with published figures.")
     elif space == "inception":
         space_note = "Scores use torch-fidelity's InceptionV3 (TF1-compatible resize, antialias off)."
@@ -205,19 +116,18 @@ def write_report(cmp_dir: Path, table: pd.DataFrame, cfg: Config, info, ens_plan
     if scored and not by["fid"].isna().any():
         best = by["fid"].idxmin()
         other = "baseline" if best == "ensemble" else "ensemble"
-        winner = (f"Lower FID: **{best}** ({_fmt(by.loc[best, 'fid'], '.2f')} vs {_fmt(by.loc[other, 'fid'], '.2f')}, "
-                  f"{_n(by.loc[best, 'n_fake'])} generated images each).")
+        winner = (f"Lower FID: **{best}** ({fmt.num(by.loc[best, 'fid'], '.2f')} vs {fmt.num(by.loc[other, 'fid'], '.2f')}, "
+                  f"{fmt.count(by.loc[best, 'n_fake'])} generated images each).")
     headers = ["method", "FID ↓", "IS ↑", "KID ↓", "mean per-class FID ↓", "class accuracy ↑", "images/s",
                "device-seconds", "workers", "steps", "generator params", "n generated"]
-    rows = []
+    table_rows = []
     for m in METHODS:
         r = by.loc[m]
-        rows.append([m, _fmt(r["fid"], ".2f"), f"{_fmt(r['is_mean'], '.2f')} ± {_fmt(r['is_std'], '.2f')}",
-                     _fmt(r["kid_mean"], ".4f"), _fmt(r["mean_class_fid"], ".2f"), _fmt(r["class_accuracy"]),
-                     _fmt(r["images_per_s"], ".0f"), _fmt(r["device_seconds"], ".0f"), str(r["workers"]),
-                     _n(r["steps"]), f"{int(r['generator_params']):,}", _n(r["n_fake"])])
-    table_md = ["| " + " | ".join(headers) + " |", "|" + "|".join("---" for _ in headers) + "|"]
-    table_md += ["| " + " | ".join(r) + " |" for r in rows]
+        table_rows.append([m, fmt.num(r["fid"], ".2f"), f"{fmt.num(r['is_mean'], '.2f')} ± {fmt.num(r['is_std'], '.2f')}",
+                     fmt.num(r["kid_mean"], ".4f"), fmt.num(r["mean_class_fid"], ".2f"), fmt.num(r["class_accuracy"]),
+                     fmt.num(r["images_per_s"], ".0f"), fmt.num(r["device_seconds"], ".0f"), str(r["workers"]),
+                     fmt.count(r["steps"]), f"{int(r['generator_params']):,}", fmt.count(r["n_fake"])])
+    table_md = [fmt.markdown_table(headers, table_rows)]
     kind = "GPU" if bl_plan.use_gpu else "CPU"
     lines = [
         f"# wcgan comparison `{cmp_dir.name}`", "",
@@ -251,8 +161,8 @@ def write_report(cmp_dir: Path, table: pd.DataFrame, cfg: Config, info, ens_plan
         f"- both: model.width={cfg.model.width}, z_dim={cfg.model.z_dim}, lr={cfg.train.lr:g}, "
         f"betas={tuple(cfg.train.betas)}, n_critic={cfg.train.n_critic}, gp_weight={cfg.train.gp_weight:g}, "
         f"seed={cfg.train.seed}; {cfg.metrics.samples_per_label} samples per label scored with the same noise",
-        f"- resources held in total: ensemble {_totals(ens_plan.gpus_per_label * ens_plan.n_labels, ens_plan.cpus_per_label * ens_plan.n_labels)}, "
-        f"baseline {_totals(bl_plan.num_workers * bl_plan.resources_per_worker.get('GPU', 0), bl_plan.num_workers * bl_plan.resources_per_worker.get('CPU', 0))}",
+        f"- resources held in total: ensemble {fmt.resources(ens_plan.gpus_per_label * ens_plan.n_labels, ens_plan.cpus_per_label * ens_plan.n_labels)}, "
+        f"baseline {fmt.resources(bl_plan.num_workers * bl_plan.resources_per_worker.get('GPU', 0), bl_plan.num_workers * bl_plan.resources_per_worker.get('CPU', 0))}",
         "", "## Files", "",
         "- `comparison.csv`: the table above, one row per method (plus device, workers, steps, parameters)",
         "- `fid_vs_time.png`: FID of both methods at every evaluation time",
@@ -260,20 +170,7 @@ def write_report(cmp_dir: Path, table: pd.DataFrame, cfg: Config, info, ens_plan
         "report, results.csv, per_label.csv and sample grid",
         "- `wcgan sample --run <this dir>/ensemble ...` and `--run <this dir>/baseline ...` sample either model", "",
     ]
-    path = cmp_dir / "report.md"
-    path.write_text("\n".join(lines))
-    return path
-
-
-def _totals(gpus: float, cpus: float) -> str:
-    return (f"{gpus:.4g} GPU + " if gpus else "") + f"{cpus:.4g} CPU"
-
-
-def _n(x) -> str:
-    try:
-        return "?" if x is None or math.isnan(float(x)) else str(int(x))
-    except (TypeError, ValueError):
-        return "?"
+    return write_text(cmp_dir / "report.md", "\n".join(lines))
 
 
 # ------------------------------------------------------------------ the comparison
@@ -295,36 +192,29 @@ def _method_config(cfg: Config, cmp_dir: Path, method: str, metrics_enabled: boo
     return Config.model_validate(data)
 
 
-def compare(cfg: Config, address: Optional[str] = None, log: Log = print,
-            evaluate: Optional[bool] = None) -> CompareResult:
+def compare(cfg: Config, address: Optional[str] = None, evaluate: Optional[bool] = None) -> CompareResult:
     """Train both methods under the same budget and resources, score both the same way, write the comparison."""
-    from orchestrator.cluster import alive_nodes, connect
-    from orchestrator.resources import plan_resources
-    from orchestrator.run import train
-    from workers.baseline import train_baseline
-    from workers.data import describe
-
     t0 = time.monotonic()
     info = describe(cfg.dataset)
-    connect(address, log=log)
+    connect(address)
     # Plan both before any training, so a cluster that cannot hold them fails before anything is written.
     ens_plan = plan_resources(len(info.labels), alive_nodes(), cfg.resources)
     bl_plan = plan_baseline(ens_plan)
     cmp_id = cfg.run.id or f"{cfg.run.name}-compare-{time.strftime('%Y%m%d-%H%M%S')}"
     cmp_dir = (Path(cfg.run.storage) / cmp_id).resolve()
     do_eval = cfg.metrics.enabled if evaluate is None else evaluate
-    log(f"comparison {cmp_dir}: {info.name}, {len(info.labels)} labels, budget {cfg.train.budget_s:g}s each\n"
-        f"  ensemble: {ens_plan.describe()}\n  baseline: {bl_plan.describe()}")
+    logger.info("comparison %s: %s, %d labels, budget %gs each\n  ensemble: %s\n  baseline: %s", cmp_dir,
+                info.name, len(info.labels), cfg.train.budget_s, ens_plan.describe(), bl_plan.describe())
     cmp_dir.mkdir(parents=True, exist_ok=True)
-    save_config(cfg, cmp_dir / "config.yaml")
+    write_text(cmp_dir / "config.yaml", dump_config(cfg))
 
     # 1. the per-label ensemble: a normal run, unscored here so both are scored the same way below
     ens_cfg = _method_config(cfg, cmp_dir, "ensemble", False)
     ens_dir = cmp_dir / "ensemble"
-    ens = train(ens_cfg, address=address, log=log, evaluate=False)
+    ens = train(ens_cfg, address=address, evaluate=False)
     ens_plan = ens.plan
     bl_plan = plan_baseline(ens_plan)
-    save_config(_method_config(cfg, cmp_dir, "ensemble", cfg.metrics.enabled), ens_dir / "config.yaml")
+    write_text(RunDir(ens_dir).config, dump_config(_method_config(cfg, cmp_dir, "ensemble", cfg.metrics.enabled)))
     ens_summary = pd.read_csv(ens_dir / "summary.csv") if (ens_dir / "summary.csv").is_file() \
         else pd.DataFrame(ens.summaries)
 
@@ -332,20 +222,18 @@ def compare(cfg: Config, address: Optional[str] = None, log: Log = print,
     bl_cfg = _method_config(cfg, cmp_dir, "baseline", cfg.metrics.enabled)
     bl_dir = cmp_dir / "baseline"
     bl_summary = train_baseline(bl_cfg, bl_dir, bl_plan.num_workers, bl_plan.use_gpu,
-                                bl_plan.resources_per_worker, log=log)
+                                bl_plan.resources_per_worker)
 
     # 3. the same scoring for both
     results: dict[str, Optional[pd.DataFrame]] = {"ensemble": None, "baseline": None}
     if do_eval:
-        from metrics.evaluate import evaluate_run
-
         for method, run_dir, mcfg in (("ensemble", ens_dir, _method_config(cfg, cmp_dir, "ensemble", True)),
                                       ("baseline", bl_dir, bl_cfg)):
-            log(f"scoring the {method} ({run_dir})")
+            logger.info("scoring the %s (%s)", method, run_dir)
             # storage=cmp_dir: one classifier cache (cmp_dir/_classifiers) scores both methods.
-            results[method] = evaluate_run(run_dir, cfg=mcfg, log=log, storage=cmp_dir)
+            results[method] = evaluate_run(run_dir, cfg=mcfg, storage=cmp_dir)
     else:
-        results = {m: _read_results(cmp_dir / m) for m in METHODS}  # scored earlier by hand, if at all
+        results = {m: read_results(RunDir(cmp_dir / m).results_csv) for m in METHODS}  # scored earlier by hand, if at all
 
     # 4. the table
     params = _param_counts(cfg, info)
@@ -369,24 +257,22 @@ def compare(cfg: Config, address: Optional[str] = None, log: Log = print,
          "generator_params": params["baseline"][0], "critic_params": params["baseline"][1]},
     ]
     table = pd.DataFrame(rows, columns=COMPARISON_COLUMNS + EXTRA_COLUMNS)
-    table.to_csv(cmp_dir / "comparison.csv", index=False)
+    write_csv(table, cmp_dir / "comparison.csv")
     plot = plot_fid_vs_time(results, cmp_dir / "fid_vs_time.png")
     scored = all(r is not None for r in results.values())
     report = write_report(cmp_dir, table, cfg, info, ens_plan, bl_plan, plot, scored)
-    (cmp_dir / "compare.json").write_text(json.dumps({
+    write_text(cmp_dir / "compare.json", json.dumps({
         "ensemble_plan": ens_plan.describe(), "baseline_plan": bl_plan.describe(),
         "baseline_resources_per_worker": bl_plan.resources_per_worker, "baseline_workers": bl_plan.num_workers,
         "budget_s": cfg.train.budget_s, "wall_s": round(time.monotonic() - t0, 2)}, indent=2))
-    log(f"wrote {cmp_dir / 'comparison.csv'}, {report}")
+    logger.info("wrote %s, %s", cmp_dir / "comparison.csv", report)
     return CompareResult(cmp_dir, table, report, plot, time.monotonic() - t0)
 
 
 # ------------------------------------------------------------------ CLI
 
 def cmd_compare(args) -> int:
-    from orchestrator.cli import _config
-
-    cfg = _config(args)
+    cfg = config_from_args(args)
     result = compare(cfg, address=args.address, evaluate=False if args.no_eval else None)
     cols = ["method", "fid", "is_mean", "kid_mean", "mean_class_fid", "class_accuracy", "images_per_s",
             "device_seconds"]
@@ -395,16 +281,4 @@ def cmd_compare(args) -> int:
     return 0
 
 
-def register(subparsers) -> None:
-    from orchestrator.cli import _add_config_args
-
-    p = subparsers.add_parser(
-        "compare", help="train the per-label ensemble and a data-parallel conditional GAN under the same "
-                        "budget and devices, score both, write a side-by-side report")
-    _add_config_args(p)
-    p.add_argument("--address", default=None, help="Ray cluster address (default: $RAY_ADDRESS, else a local Ray)")
-    p.add_argument("--no-eval", action="store_true", help="train both but skip scoring (throughput columns only)")
-    p.set_defaults(func=cmd_compare)
-
-
-__all__ = ["compare", "plan_baseline", "BaselinePlan", "CompareResult", "COMPARISON_COLUMNS", "register"]
+__all__ = ["compare", "CompareResult", "COMPARISON_COLUMNS"]

@@ -1,7 +1,11 @@
-"""Resource plan: how much GPU and CPU each label actor gets, decided from the cluster.
+"""Resource arithmetic, in one place: shares, fitting bundles on nodes, and the plans built from them.
 
-All labels run at once (the method's fixed wall-clock budget is per label), so
-with fewer GPUs than labels each GPU is shared by ceil(labels / GPUs) actors.
+* :func:`plan_resources`: how much GPU and CPU each label actor gets, decided from the cluster.
+  All labels run at once (the method's fixed wall-clock budget is per label), so with fewer
+  GPUs than labels each GPU is shared by ceil(labels / GPUs) actors.
+* :func:`plan_baseline`: the data-parallel baseline's Ray Train workers, holding in total
+  exactly the CPUs and GPUs of an ensemble plan.
+* :func:`check_workers_fit`: fail fast where Ray would wait for resources forever.
 """
 
 from __future__ import annotations
@@ -9,14 +13,12 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
-from orchestrator.config import ConfigError, ResourcesConfig
+from core.config import ResourcesConfig
+from core.errors import PlacementError
+from core.fmt import resources as fmt_resources
 
 # Ray accepts fractional resources to 4 decimal places.
 _PRECISION = 10_000
-
-
-class PlacementError(ConfigError):
-    """The plan cannot be placed on this cluster: say what was asked and what exists."""
 
 
 @dataclass(frozen=True)
@@ -43,11 +45,21 @@ class ResourcePlan:
         return f"{self.n_labels} label actors x ({gpu}{self.cpus_per_label:g} CPU), placement {self.strategy}"
 
 
-def _floor_share(x: float) -> float:
-    return math.floor(x * _PRECISION) / _PRECISION
+def floor_share(x: float) -> float:
+    """`x` floored to the 4 decimals Ray accepts (never more than asked)."""
+    return math.floor(x * _PRECISION + 1e-9) / _PRECISION
 
 
-def _labels_that_fit(nodes: list[dict[str, float]], gpus: float, cpus: float) -> int:
+def even_share(x: float) -> float:
+    """A per-worker share of a total: a whole number when within 1% of one (undoing the flooring
+    of the shares the total was made of), else floored."""
+    r = round(x)
+    if r >= 1 and abs(x - r) < 0.01 * r:
+        return float(r)
+    return floor_share(x)
+
+
+def bundles_that_fit(nodes: list[dict[str, float]], gpus: float, cpus: float) -> int:
     """How many (gpus, cpus) bundles the nodes hold; a bundle never spans nodes."""
     total = 0
     for node in nodes:
@@ -65,11 +77,11 @@ def _labels_that_fit(nodes: list[dict[str, float]], gpus: float, cpus: float) ->
 def _largest_cpu_share(nodes: list[dict[str, float]], n_labels: int, gpus: float, cap: float) -> float:
     """Largest CPU share (to 4 decimals, at most `cap`) with which all labels fit at once."""
     lo, hi = 1, int(cap * _PRECISION)
-    if hi < lo or _labels_that_fit(nodes, gpus, lo / _PRECISION) < n_labels:
+    if hi < lo or bundles_that_fit(nodes, gpus, lo / _PRECISION) < n_labels:
         return 0.0
     while lo < hi:
         mid = (lo + hi + 1) // 2
-        if _labels_that_fit(nodes, gpus, mid / _PRECISION) >= n_labels:
+        if bundles_that_fit(nodes, gpus, mid / _PRECISION) >= n_labels:
             lo = mid
         else:
             hi = mid - 1
@@ -94,7 +106,7 @@ def plan_resources(n_labels: int, nodes: list[dict[str, float]], cfg: ResourcesC
         if whole_gpus >= n_labels:
             gpus = 1.0
         elif whole_gpus >= 1:
-            gpus = _floor_share(1.0 / math.ceil(n_labels / whole_gpus))
+            gpus = floor_share(1.0 / math.ceil(n_labels / whole_gpus))
         else:
             gpus = 0.0
     else:
@@ -107,7 +119,7 @@ def plan_resources(n_labels: int, nodes: list[dict[str, float]], cfg: ResourcesC
             cap = min(cap, max(1.0, total_cpus / total_gpus) * gpus)
         cpus = _largest_cpu_share(nodes, n_labels, gpus, cap) if total_cpus > 0 else 0.0
         if cpus == 0.0 and total_cpus > 0:
-            cpus = _floor_share(cap) or 0.0001  # does not fit: check_fits explains why
+            cpus = floor_share(cap) or 0.0001  # does not fit: check_fits explains why
     else:
         cpus = float(cfg.cpus_per_label)
 
@@ -128,7 +140,7 @@ def check_fits(plan: ResourcePlan, nodes: list[dict[str, float]]) -> None:
         )
     if plan.gpus_per_label > 1 and plan.gpus_per_label != int(plan.gpus_per_label):
         raise PlacementError(f"resources.gpus_per_label={plan.gpus_per_label:g}: above 1 it must be a whole number")
-    fits = _labels_that_fit(nodes, plan.gpus_per_label, plan.cpus_per_label)
+    fits = bundles_that_fit(nodes, plan.gpus_per_label, plan.cpus_per_label)
     if need_gpus > total_gpus + 1e-9 or need_cpus > total_cpus + 1e-9 or fits < plan.n_labels:
         raise PlacementError(
             f"cannot place {plan.describe()}: needs {need_gpus:g} GPUs and {need_cpus:g} CPUs in all, "
@@ -138,3 +150,51 @@ def check_fits(plan: ResourcePlan, nodes: list[dict[str, float]]) -> None:
         )
     if plan.gpus_per_label == 0 and plan.cpus_per_label == 0:
         raise PlacementError("resources: each label needs some CPU or GPU (both are 0)")
+
+
+# ------------------------------------------------------------------ the data-parallel baseline
+
+@dataclass(frozen=True)
+class BaselinePlan:
+    num_workers: int
+    use_gpu: bool
+    resources_per_worker: dict
+    total_gpus: float
+    total_cpus: float
+
+    def describe(self) -> str:
+        res = " + ".join(f"{v:g} {k}" for k, v in self.resources_per_worker.items())
+        return f"{self.num_workers} Ray Train worker(s) x ({res}), {'NCCL' if self.use_gpu else 'gloo'}"
+
+
+def plan_baseline(plan: ResourcePlan) -> BaselinePlan:
+    """The Ray Train worker group holding the same CPUs and GPUs in total as the ensemble's plan.
+
+    With GPUs, one worker per physical GPU the ensemble occupied; for n >= 2 each share exceeds
+    0.5, so Ray never packs two workers (two NCCL ranks) on one GPU. Without, one worker per
+    whole CPU of the ensemble's total.
+    """
+    total_gpus = plan.gpus_per_label * plan.n_labels
+    total_cpus = plan.cpus_per_label * plan.n_labels
+    if total_gpus > 0:
+        n = max(1, math.ceil(total_gpus - 1e-6))
+        res = {"GPU": min(1.0, even_share(total_gpus / n))}
+        if total_cpus > 0:
+            res["CPU"] = even_share(total_cpus / n)
+        return BaselinePlan(n, True, res, total_gpus, total_cpus)
+    if total_cpus <= 0:
+        raise PlacementError("the ensemble's plan holds no CPU and no GPU; nothing to give the baseline")
+    n = max(1, math.floor(total_cpus + 1e-3))
+    return BaselinePlan(n, False, {"CPU": even_share(total_cpus / n)}, 0.0, total_cpus)
+
+
+def check_workers_fit(num_workers: int, resources_per_worker: dict, nodes: list[dict[str, float]],
+                      what: str = "baseline: Ray Train workers") -> None:
+    """Fail fast: a Ray Train worker group that does not fit waits for resources forever."""
+    gpus = float(resources_per_worker.get("GPU", 0.0))
+    cpus = float(resources_per_worker.get("CPU", 1.0))
+    fits = bundles_that_fit(nodes, gpus, cpus)
+    if fits < num_workers:
+        total = fmt_resources(sum(float(n.get("GPU", 0)) for n in nodes), sum(float(n.get("CPU", 0)) for n in nodes))
+        raise PlacementError(f"cannot place {num_workers} {what} x ({fmt_resources(gpus, cpus)}); only {fits} fit "
+                             f"on this cluster ({total} on {len(nodes)} node(s))")

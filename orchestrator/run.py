@@ -6,26 +6,29 @@ the run directory is created, so a rejected run leaves nothing behind.
 
 from __future__ import annotations
 
+import logging
 import shutil
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Optional
+from typing import Optional
 
 import ray
 from ray.util.placement_group import placement_group, remove_placement_group
 from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
 
+from core.config import Config, dump_config, load_config
+from core.errors import ConfigError, PlacementError, RunFailed
+from core.rundir import RunDir, write_text
+from metrics.collector import Collector
+from metrics.inception import resolve_inception_weights
 from orchestrator.cluster import alive_nodes, connect
-from orchestrator.config import Config, ConfigError, load_config, save_config
-from orchestrator.resources import PlacementError, ResourcePlan, plan_resources
-from workers import checkpoint
-from workers.data import DataError, DatasetInfo, describe
+from orchestrator.progress import format_progress
+from orchestrator.resources import ResourcePlan, plan_resources
+from workers.data import DatasetInfo, describe
+from workers.trainer import LabelTrainer
 
-
-class RunFailed(RuntimeError):
-    """Some label actors failed for good (after their restarts)."""
-
+logger = logging.getLogger(__name__)
 
 @dataclass
 class RunResult:
@@ -64,8 +67,6 @@ def place(plan: ResourcePlan, run_id: str, timeout_s: float):
 def start_label_actors(run_dir: Path, cfg: Config, run_id: str, labels, plan: ResourcePlan, pg,
                        collector_name: Optional[str] = None) -> list:
     """One named actor per label, bundle i of the placement group for label i."""
-    from workers.trainer import LabelTrainer
-
     remote_trainer = ray.remote(LabelTrainer)
     return [
         remote_trainer.options(
@@ -78,10 +79,6 @@ def start_label_actors(run_dir: Path, cfg: Config, run_id: str, labels, plan: Re
         ).remote(str(run_dir), cfg.to_dict(), label, run_id, plan.torch_threads, collector_name)
         for i, label in enumerate(labels)
     ]
-
-
-def _has_checkpoints(run_dir: Path, labels) -> bool:
-    return any(checkpoint.latest_checkpoint(run_dir, k) for k in labels)
 
 
 def _absolute_paths(cfg: Config) -> Config:
@@ -123,30 +120,26 @@ def check_resume_compatible(saved: Config, cfg: Config) -> None:
 def _check_metrics_inputs(cfg: Config, evaluate: bool) -> None:
     """A missing Inception weights file should stop the run before training, not after it."""
     if evaluate and cfg.metrics.feature_extractor == "inception":
-        from metrics.features import resolve_inception_weights
-
         resolve_inception_weights(cfg.metrics.feature_extractor_weights_path,
                                   download=cfg.metrics.download_weights)
 
 
-def train(cfg: Config, address: Optional[str] = None, log: Callable[[str], None] = print,
-          evaluate: Optional[bool] = None) -> RunResult:
-    from metrics.collector import Collector, format_progress
-
+def train(cfg: Config, address: Optional[str] = None, evaluate: Optional[bool] = None) -> RunResult:
     t_start = time.monotonic()
     cfg = _absolute_paths(cfg)
     do_eval = cfg.metrics.enabled if evaluate is None else evaluate
     info: DatasetInfo = describe(cfg.dataset)
     run_id = new_run_id(cfg)
-    run_dir = Path(cfg.run.storage) / run_id
-    resuming = (run_dir / "config.yaml").exists()
+    run = RunDir(Path(cfg.run.storage) / run_id)
+    run_dir = run.path
+    resuming = run.config.exists()
     if resuming:
-        check_resume_compatible(load_config(run_dir / "config.yaml"), cfg)
+        check_resume_compatible(load_config(run.config), cfg)
     _check_metrics_inputs(cfg, do_eval)
-    connect(address, log=log)
+    connect(address)
     plan = plan_resources(len(info.labels), alive_nodes(), cfg.resources)
-    log(f"run {run_id}: {info.name} {info.image_size}x{info.image_size}x{info.channels}, "
-        f"{len(info.labels)} labels, budget {cfg.train.budget_s:g}s per label; {plan.describe()}")
+    logger.info("run %s: %s %dx%dx%d, %d labels, budget %gs per label; %s", run_id, info.name, info.image_size,
+                info.image_size, info.channels, len(info.labels), cfg.train.budget_s, plan.describe())
 
     pg = place(plan, run_id, cfg.resources.placement_timeout_s)
     actors: list = []
@@ -164,13 +157,12 @@ def train(cfg: Config, address: Optional[str] = None, log: Callable[[str], None]
 
     created_dir = not run_dir.exists()
     try:
-        run_dir.mkdir(parents=True, exist_ok=True)
-        save_config(cfg, run_dir / "config.yaml")
+        write_text(run.config, dump_config(cfg))
         if resuming:
-            log(f"resuming {run_dir}: labels continue from their latest checkpoints")
+            logger.info("resuming %s: labels continue from their latest checkpoints", run_dir)
         collector = ray.remote(Collector).options(
             name=collector_name(run_id), num_cpus=0, max_restarts=0,
-        ).remote(str(run_dir), list(info.labels))
+        ).remote(str(run_dir), list(info.labels), logging.getLevelName(logger.getEffectiveLevel()))
         actors.extend(start_label_actors(run_dir, cfg, run_id, info.labels, plan, pg, collector_name(run_id)))
         pending = {a.run.remote(): label for a, label in zip(actors, info.labels)}
         summaries, failures = [], {}
@@ -190,8 +182,8 @@ def train(cfg: Config, address: Optional[str] = None, log: Callable[[str], None]
                 except ray.exceptions.RayActorError as err:
                     failures[label] = f"actor died: {err}".splitlines()[0]
                     collector.report_failed.remote(label, failures[label])
-            log(format_progress(ray.get(collector.progress.remote()), cfg.train.budget_s,
-                                time.monotonic() - t_train))
+            logger.info(format_progress(ray.get(collector.progress.remote()), cfg.train.budget_s,
+                                        time.monotonic() - t_train))
         if failures:
             raise RunFailed(
                 f"{len(failures)} of {len(info.labels)} labels failed after {cfg.max_restarts} restarts: "
@@ -199,16 +191,16 @@ def train(cfg: Config, address: Optional[str] = None, log: Callable[[str], None]
                 + f". Checkpoints are kept in {run_dir}; re-run with --set run.id={run_id} to resume."
             )
         release()  # scoring needs none of the label actors' GPUs
-        log("all labels done; collecting" + (" and scoring the ensemble" if do_eval else ""))
+        logger.info("all labels done; collecting" + (" and scoring the ensemble" if do_eval else ""))
         summaries.sort(key=lambda s: s["label"])
         outputs = ray.get(collector.finalize.remote(summaries, evaluate=do_eval))
         result = RunResult(run_dir, plan, summaries, outputs, time.monotonic() - t_start)
-        log(f"run directory: {run_dir}")
+        logger.info("run directory: %s", run_dir)
         return result
     except (ConfigError, KeyboardInterrupt):
         # Bad input or an interrupt before any work was saved: leave no half-written run.
         release()  # first, so no actor writes a checkpoint into the directory being removed
-        if created_dir and not _has_checkpoints(run_dir, info.labels):
+        if created_dir and not run.has_checkpoints(info.labels):
             shutil.rmtree(run_dir, ignore_errors=True)
         raise
     finally:
@@ -217,4 +209,4 @@ def train(cfg: Config, address: Optional[str] = None, log: Callable[[str], None]
             ray.kill(collector, no_restart=True)
 
 
-__all__ = ["train", "RunResult", "RunFailed", "DataError", "PlacementError", "actor_name", "new_run_id"]
+__all__ = ["train", "RunResult", "actor_name", "collector_name", "new_run_id"]

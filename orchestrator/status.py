@@ -19,27 +19,12 @@ import time
 from collections import defaultdict
 from typing import Optional
 
-from orchestrator.config import ConfigError
+from core import fmt
+from core.errors import ConfigError
+from orchestrator.jobs import AUTH_HINT, auth_headers, explicit_address, token_auth_requested
 
 NAME = re.compile(r"^wcgan/(?P<run>[^/]+)/(?:label-(?P<label>\d+)|(?P<collector>collector))$")
 PROGRESS_TIMEOUT_S = 10.0
-
-
-def register(subparsers) -> None:
-    p = subparsers.add_parser(
-        "status", help="live table of the per-label actors of running runs (Ray state API)",
-        description="List the per-label actors (wcgan/<run>/label-<k>) of the runs going on in a Ray "
-                    "cluster, with each label's step, budget left, images/s and state.")
-    p.add_argument("--address", default=None,
-                   help="Ray cluster address as for `wcgan train` (e.g. 10.0.0.1:6379; default: $RAY_ADDRESS, "
-                        "else the Ray running on this machine). A dashboard URL (http://head:8265) lists the "
-                        "actors only, without per-label progress.")
-    p.add_argument("--run", default=None, help="show only this run id")
-    p.add_argument("--watch", type=float, default=None, metavar="SECONDS",
-                   help="refresh every SECONDS until interrupted")
-    p.add_argument("--max-rows", type=int, default=50,
-                   help="per-label rows shown per run before summarising the rest (default 50)")
-    p.set_defaults(func=cmd_status)
 
 
 # ------------------------------------------------------------------------------------ gathering
@@ -74,8 +59,6 @@ def _connect(address: Optional[str]) -> Optional[str]:
         ctx = ray.init(address=address or "auto", log_to_driver=False, logging_level="ERROR",
                        configure_logging=False)
     except (ConnectionError, RuntimeError, ValueError) as err:
-        from orchestrator.jobs import AUTH_HINT, token_auth_requested
-
         raise ConfigError(f"cannot connect to a Ray cluster at {address or 'auto (this machine)'}: "
                           f"{str(err).splitlines()[0] if str(err) else err!r}. Pass --address host:port "
                           "or set RAY_ADDRESS. " + ("" if token_auth_requested() else AUTH_HINT)) from None
@@ -89,8 +72,6 @@ def _connect(address: Optional[str]) -> Optional[str]:
 
 def list_wcgan_actors(address: Optional[str]) -> list[dict]:
     """Alive (or restarting / pending) actors whose names start with wcgan/, from the state API."""
-    from orchestrator.jobs import AUTH_HINT, auth_headers, explicit_address, token_auth_requested
-
     try:
         from ray.util.state import StateApiClient
         from ray.util.state.common import ListApiOptions, StateResource
@@ -155,15 +136,6 @@ def gather(address: Optional[str], only_run: Optional[str] = None, progress: boo
 # ------------------------------------------------------------------------------------ the table
 
 
-def _fmt(value, spec: str, empty: str = "-") -> str:
-    if value is None:
-        return empty
-    try:
-        return format(value, spec)
-    except (TypeError, ValueError):
-        return str(value)
-
-
 def format_status(runs: dict[str, dict], address: str, max_rows: int = 50, note: str = "") -> str:
     from tabulate import tabulate
 
@@ -200,11 +172,11 @@ def format_status(runs: dict[str, dict], address: str, max_rows: int = 50, note:
                 actor.get("name", f"wcgan/{run_id}/label-{k}"),
                 actor.get("state", "gone"),
                 s.get("state", "-"),
-                _fmt(s.get("step"), "d" if isinstance(s.get("step"), int) else ".0f"),
-                _fmt(left, ".0f"),
-                _fmt(s.get("images_per_s"), ".0f"),
-                _fmt(s.get("wasserstein"), ".3f"),
-                _fmt(s.get("restarts"), "d"),
+                fmt.count(s.get("step"), "-"),
+                fmt.num(left, ".0f", "-"),
+                fmt.num(s.get("images_per_s"), ".0f", "-"),
+                fmt.num(s.get("wasserstein"), ".3f", "-"),
+                fmt.count(s.get("restarts"), "-"),
                 actor.get("pid", "-"),
                 (actor.get("node_id") or "-")[:8],
             ])

@@ -26,6 +26,7 @@ node share: the jobs write there and the sweep reads summary.csv back).
 
 from __future__ import annotations
 
+import logging
 import math
 import os
 import shlex
@@ -33,11 +34,19 @@ import sys
 import time
 import uuid
 from pathlib import Path
-from typing import Callable, Optional
+from typing import Optional
 
 import pandas as pd
 
-from orchestrator.config import Config, ConfigError, load_config
+from core.config import Config, load_config
+from core.errors import ConfigError, DataError, JobError
+from orchestrator import jobs
+from orchestrator.args import config_path
+from orchestrator.local_head import LocalHead
+from orchestrator.resources import floor_share
+from workers.data import describe
+
+logger = logging.getLogger(__name__)
 
 # Labels of each data set when dataset.labels is "all" (folder data sets are counted on disk).
 DATASET_LABELS = {"digits": 10, "cifar10": 10, "cifar100": 100, "imagenet1k": 1000}
@@ -45,47 +54,6 @@ CSV_COLUMNS = ["mode", "n_workers", "n_labels", "gpus_per_label", "cpus_per_labe
                "steps_per_worker", "train_wall_s", "job_wall_s", "images_per_s_per_worker",
                "images_per_s_total", "efficiency", "time_efficiency", "baseline_n", "status", "job_id",
                "run_dir"]
-_SHARE_PRECISION = 10_000
-
-
-def register(subparsers) -> None:
-    import argparse
-
-    from orchestrator.cli import DEFAULT_CONFIG, _add_config_args
-
-    p = subparsers.add_parser(
-        "sweep", help="weak/strong scaling sweep: one Ray job per point -> scaling.csv, scaling.png",
-        description=__doc__.replace("`wcgan sweep`: w", "W", 1), formatter_class=argparse.RawDescriptionHelpFormatter)
-    _add_config_args(p)
-    p.add_argument("--workers", default="1,2",
-                   help="comma-separated worker counts N, e.g. 1,2,4,8 (default 1,2)")
-    p.add_argument("--mode", choices=("weak", "strong"), default="weak",
-                   help="weak: N labels on N workers, fixed steps per worker (default); "
-                        "strong: fixed labels (--labels) on N workers")
-    p.add_argument("--steps", type=int, default=200, help="generator steps per label at every point (default 200)")
-    p.add_argument("--labels", type=int, default=None,
-                   help="strong scaling: number of labels trained at every point (default: the largest N)")
-    p.add_argument("--cpus-per-worker", type=float, default=1.0, help="CPUs of one worker (default 1)")
-    p.add_argument("--gpus-per-worker", type=float, default=0.0,
-                   help="GPUs of one worker (default 0; 1 on a GPU cluster)")
-    p.add_argument("--out", default=None, help="output directory (default runs/sweeps/<sweep id>)")
-    p.add_argument("--storage", default=None,
-                   help="run.storage for the jobs, a path shared by every node and this machine "
-                        "(default <out>/runs)")
-    p.add_argument("--id", dest="sweep_id", default=None, help="sweep id (default sweep-<timestamp>)")
-    p.add_argument("--address", default=None,
-                   help="Ray dashboard address for the Jobs API, e.g. http://head:8265 (default: "
-                        "$RAY_API_SERVER_ADDRESS / $RAY_ADDRESS; unset: start a local Ray head)")
-    p.add_argument("--local-cpus", type=float, default=None,
-                   help="CPUs of the local head the sweep starts (default: this machine's cores)")
-    p.add_argument("--runtime-env", default=None, help="runtime env YAML (default runtime_env.yaml)")
-    p.add_argument("--working-dir", default=None, help="directory uploaded with each job (default: this repo)")
-    p.add_argument("--budget-s", type=float, default=3600.0,
-                   help="wall-clock safety cap per label (train.budget_s); the steps set the work (default 3600)")
-    p.add_argument("--timeout-s", type=float, default=None,
-                   help="give up on a point's job after this long (default budget + 900 s)")
-    p.add_argument("--quiet", action="store_true", help="print job status changes only, not the jobs' output")
-    p.set_defaults(func=cmd_sweep, default_config=DEFAULT_CONFIG)
 
 
 # ------------------------------------------------------------------------------------ planning
@@ -107,17 +75,11 @@ def label_pool(cfg: Config) -> list[int]:
         return list(cfg.dataset.labels)
     if cfg.dataset.name in DATASET_LABELS:
         return list(range(DATASET_LABELS[cfg.dataset.name]))
-    from workers.data import DataError, describe
-
     try:
         return list(describe(cfg.dataset, check_files=False).labels)
     except (DataError, OSError) as err:
         raise ConfigError(f"cannot count the labels of {cfg.dataset.name} data here ({err}); "
                           f"name them with --set dataset.labels=[...]") from None
-
-
-def _floor_share(x: float) -> float:
-    return math.floor(x * _SHARE_PRECISION + 1e-9) / _SHARE_PRECISION
 
 
 def plan_points(mode: str, workers: list[int], pool: list[int], steps: int, cpus_per_worker: float,
@@ -156,10 +118,10 @@ def plan_points(mode: str, workers: list[int], pool: list[int], steps: int, cpus
             if share >= 1:
                 gpus = float(math.floor(share))  # whole GPUs above one
             elif gpus_per_worker <= 1:
-                gpus = _floor_share(share)  # 1/k of the worker's GPU: k labels pack onto it
+                gpus = floor_share(share)  # 1/k of the worker's GPU: k labels pack onto it
             else:
-                gpus = _floor_share(1.0 / math.ceil(per_worker / gpus_per_worker))
-        cpus = _floor_share(cpus_per_worker * n / n_labels)
+                gpus = floor_share(1.0 / math.ceil(per_worker / gpus_per_worker))
+        cpus = floor_share(cpus_per_worker * n / n_labels)
         points.append({"n": n, "labels": pool[:n_labels], "cpus": cpus, "gpus": gpus,
                        "steps_per_worker": steps * n_labels / n})
     return points
@@ -278,13 +240,9 @@ def _config_arg(path: Optional[str], working_dir: Path) -> Optional[str]:
         return str(p)  # outside the working dir: must be on a shared file system
 
 
-def run_sweep(args, log: Callable[[str], None] = print) -> tuple[list[dict], Path]:
-    from orchestrator import jobs
-
-    config_path = args.config
-    if config_path is None and Path(args.default_config).is_file():
-        config_path = args.default_config
-    cfg = load_config(config_path, args.overrides)  # validate here: a typo fails before any job
+def run_sweep(args) -> tuple[list[dict], Path]:
+    config_file = config_path(args)
+    cfg = load_config(config_file, args.overrides)  # validate here: a typo fails before any job
     workers = parse_workers(args.workers)
     if args.labels is not None and args.mode != "strong":
         raise ConfigError("--labels sets the fixed label count of --mode strong; "
@@ -300,7 +258,7 @@ def run_sweep(args, log: Callable[[str], None] = print) -> tuple[list[dict], Pat
     storage = Path(args.storage).resolve() if args.storage else out / "runs"
     working_dir = Path(args.working_dir).resolve() if args.working_dir else jobs.REPO_ROOT
     runtime_env = jobs.load_runtime_env(args.runtime_env, working_dir)
-    config_arg = _config_arg(config_path, working_dir)
+    config_arg = _config_arg(config_file, working_dir)
     timeout_s = args.timeout_s or args.budget_s + 900
     run_ids = {p["n"]: f"{sweep_id}-{args.mode}-n{p['n']}" for p in points}
     for run_id in run_ids.values():
@@ -314,11 +272,11 @@ def run_sweep(args, log: Callable[[str], None] = print) -> tuple[list[dict], Pat
     rows: list[dict] = []
     worker_desc = " + ".join(x for x in (f"{args.gpus_per_worker:g} GPU" if args.gpus_per_worker else "",
                                          f"{args.cpus_per_worker:g} CPU" if args.cpus_per_worker else "") if x)
-    log(f"sweep {sweep_id}: {args.mode} scaling of {cfg.dataset.name}, N in {workers}, worker = {worker_desc}, "
+    logger.info(f"sweep {sweep_id}: {args.mode} scaling of {cfg.dataset.name}, N in {workers}, worker = {worker_desc}, "
         f"{args.steps} steps per label; output {out}")
     try:
         if address is None:
-            head = jobs.LocalHead(num_cpus=args.local_cpus, log=log).start()
+            head = LocalHead(num_cpus=args.local_cpus).start()
             address = head.dashboard_url
         client = head.client() if head is not None else jobs.job_client(address)
         for i, point in enumerate(points, 1):
@@ -328,7 +286,7 @@ def run_sweep(args, log: Callable[[str], None] = print) -> tuple[list[dict], Pat
             cmd = entrypoint(config_arg, args.overrides, point, args.steps, args.budget_s, run_id, str(storage))
             submission_id = f"{run_id}-{uuid.uuid4().hex[:6]}"
             res = (f"{point['gpus']:g} GPU + " if point["gpus"] else "") + f"{point['cpus']:g} CPU"
-            log(f"{tag}: {len(point['labels'])} label(s) x ({res}), {args.steps} steps each; "
+            logger.info(f"{tag}: {len(point['labels'])} label(s) x ({res}), {args.steps} steps each; "
                 f"submitting job {submission_id}")
             t0 = time.monotonic()
             row = {"mode": args.mode, "n_workers": n, "n_labels": len(point["labels"]),
@@ -340,15 +298,15 @@ def run_sweep(args, log: Callable[[str], None] = print) -> tuple[list[dict], Pat
                                      metadata={"wcgan_sweep": sweep_id, "n_workers": str(n)})
                 info = jobs.wait(
                     client, job_id, timeout_s,
-                    on_status=lambda s, tag=tag, t0=t0: log(f"{tag}: job {s} ({time.monotonic() - t0:.0f}s)"),
-                    on_output=None if args.quiet else (lambda line: log(f"    | {line}")))
+                    on_status=lambda s, tag=tag, t0=t0: logger.info(f"{tag}: job {s} ({time.monotonic() - t0:.0f}s)"),
+                    on_output=None if not args.job_output else (lambda line: logger.info(f"    | {line}")))
                 status = str(getattr(info.status, "value", info.status))
                 row["job_wall_s"] = jobs.job_wall_s(info)
-            except jobs.JobError as err:
+            except JobError as err:
                 status, info = "TIMEOUT", None
-                log(f"{tag}: {err}")
+                logger.info(f"{tag}: {err}")
             except KeyboardInterrupt:
-                log(f"{tag}: interrupted; stopping job {submission_id}")
+                logger.info(f"{tag}: interrupted; stopping job {submission_id}")
                 try:
                     client.stop_job(submission_id)
                 except Exception:
@@ -359,24 +317,24 @@ def run_sweep(args, log: Callable[[str], None] = print) -> tuple[list[dict], Pat
             if status == "SUCCEEDED":
                 if not summary_path.is_file():
                     row["status"] = "NO_SUMMARY"
-                    log(f"{tag}: the job succeeded but {summary_path} is not here: --storage must be a file "
+                    logger.info(f"{tag}: the job succeeded but {summary_path} is not here: --storage must be a file "
                         f"system shared by the cluster's nodes and this machine")
                 else:
                     row.update(point_result(args.mode, point, pd.read_csv(summary_path), args.steps))
             else:
                 try:
-                    log(f"{tag}: job {status}; last lines of its log:\n" + jobs.tail(jobs.logs(client, submission_id)))
+                    logger.info(f"{tag}: job {status}; last lines of its log:\n" + jobs.tail(jobs.logs(client, submission_id)))
                 except Exception:
                     pass
             rows.append(row)
             add_efficiency(rows, args.mode)
             write_csv(rows, out / "scaling.csv")
             if row["status"] == "SUCCEEDED":
-                log(f"{tag}: done: training {row['train_wall_s']:.1f}s (job {row.get('job_wall_s') or 0:.1f}s), "
+                logger.info(f"{tag}: done: training {row['train_wall_s']:.1f}s (job {row.get('job_wall_s') or 0:.1f}s), "
                     f"{row['images_per_s_per_worker']:.0f} images/s per worker, efficiency {row['efficiency']:.3f}")
     finally:
         if head is not None:
-            log("stopping the local Ray head")
+            logger.info("stopping the local Ray head")
             head.stop()
     title = (f"{args.mode} scaling, {cfg.dataset.name}: " +
              (f"1 label/worker, {args.steps} steps/worker" if args.mode == "weak"

@@ -1,4 +1,8 @@
-"""Shared fixtures: one real local Ray per test module, pinned to the machine's 2 cores."""
+"""Shared fixtures: one real local Ray per test module, pinned to the machine's 2 cores.
+
+Tests that start Ray (through these fixtures, or marked ``e2e`` by hand) are end-to-end tests;
+``make test-fast`` runs the others (``-m "not e2e"``), ``make test`` runs everything.
+"""
 
 from __future__ import annotations
 
@@ -6,8 +10,18 @@ import os
 
 import pytest
 import ray
+import torch
 
-from orchestrator.config import load_config
+from core.config import load_config
+
+
+RAY_FIXTURES = {"ray_local", "gpu_cluster", "head"}  # fixtures that start a real Ray
+
+
+def pytest_collection_modifyitems(config, items):
+    for item in items:
+        if RAY_FIXTURES & set(getattr(item, "fixturenames", ())):
+            item.add_marker(pytest.mark.e2e)
 
 
 @pytest.fixture(scope="module")
@@ -43,3 +57,24 @@ def _no_ray_address(monkeypatch):
 
 
 os.environ.setdefault("RAY_DEDUP_LOGS", "0")
+
+
+def two_tone_images(n: int, size: int = 8) -> torch.Tensor:
+    """n grey images, uint8 [n, 1, size, size]: the first half all dark (0), the rest all bright (255).
+
+    A data set whose labels a generator can only mix up if it ignores the label."""
+    images = torch.zeros(n, 1, size, size, dtype=torch.uint8)
+    images[n // 2:] = 255
+    return images
+
+
+def two_tone_folder(root, n_per_label: int = 24, size: int = 8):
+    """A folder data set: label 0 ('0-dark') all-black PNGs, label 1 ('1-bright') all-white PNGs."""
+    from PIL import Image
+
+    for name, value in (("0-dark", 0), ("1-bright", 255)):
+        d = root / name
+        d.mkdir(parents=True, exist_ok=True)
+        for i in range(n_per_label):
+            Image.new("L", (size, size), value).save(d / f"{i:03d}.png")
+    return root

@@ -25,20 +25,19 @@ import sys
 import textwrap
 from pathlib import Path
 
+import jsonschema  # a dependency of Ray itself
 import pytest
 import yaml
 
 import ray
+from core.config import load_config
+from orchestrator.cli import build_parser
 
 REPO = Path(__file__).resolve().parents[1]
 CONFIGS = REPO / "cluster_configs"
 LAUNCHER_YAMLS = ["aws-gpu.yaml", "onprem.yaml"]
 RAYJOB = CONFIGS / "kuberay-rayjob.yaml"
 SBATCH = CONFIGS / "slurm.sbatch"
-
-# TODO(lead): once every sub-command is registered in orchestrator.cli.build_parser()
-# this fallback can go; subcommands() below already prefers the real parser.
-FALLBACK_SUBCOMMANDS = {"train", "sweep", "evaluate", "compare", "sample", "report", "status"}
 
 
 def load_yaml(name: str) -> dict:
@@ -52,28 +51,12 @@ def ray_schema() -> dict:
         return json.load(f)
 
 
-def orchestrator_parser():
-    """The real CLI parser, or None while orchestrator.cli / build_parser do not exist."""
-    try:
-        from orchestrator import cli
-    except ModuleNotFoundError as err:
-        if err.name not in ("orchestrator", "orchestrator.cli"):
-            raise
-        return None
-    build = getattr(cli, "build_parser", None)
-    return build() if build is not None else None
-
-
 def subcommands() -> set[str]:
-    parser = orchestrator_parser()
-    if parser is None:
-        return set(FALLBACK_SUBCOMMANDS)
+    """The sub-commands of the real CLI parser."""
     import argparse
 
-    for action in parser._actions:
-        if isinstance(action, argparse._SubParsersAction):
-            return set(action.choices)
-    return set(FALLBACK_SUBCOMMANDS)
+    actions = [a for a in build_parser()._actions if isinstance(a, argparse._SubParsersAction)]
+    return set(actions[0].choices)
 
 
 # --------------------------------------------------------------------------
@@ -81,7 +64,6 @@ def subcommands() -> set[str]:
 # --------------------------------------------------------------------------
 @pytest.mark.parametrize("name", LAUNCHER_YAMLS)
 def test_launcher_yaml_matches_rays_json_schema(name):
-    jsonschema = pytest.importorskip("jsonschema")  # a dependency of ray itself
     jsonschema.validate(load_yaml(name), ray_schema())
 
 
@@ -101,7 +83,6 @@ def test_schema_validation_is_not_vacuous():
 
     bad = load_yaml("aws-gpu.yaml")
     bad["max_worker"] = 3
-    jsonschema = pytest.importorskip("jsonschema")
     with pytest.raises(jsonschema.ValidationError):
         validate_config(prepare_config(bad))
 
@@ -167,9 +148,7 @@ def test_rayjob_entrypoint_is_an_orchestrator_command(rayjob):
     argv = entrypoint_argv(rayjob)
     assert argv[:3] == ["python", "-m", "orchestrator"], argv
     assert argv[3] in subcommands(), f"{argv[3]!r} is not an orchestrator sub-command"
-    parser = orchestrator_parser()
-    if parser is not None:
-        parser.parse_args(argv[3:])  # exits (fails the test) on unknown flags
+    build_parser().parse_args(argv[3:])  # exits (fails the test) on unknown flags
 
 
 def test_rayjob_entrypoint_config_exists_and_loads(rayjob):
@@ -177,18 +156,11 @@ def test_rayjob_entrypoint_config_exists_and_loads(rayjob):
     assert "--config" in argv
     config = argv[argv.index("--config") + 1]
     assert config.startswith("experiments/"), config
-    if not (REPO / "experiments").is_dir():
-        pytest.skip("experiments/ does not exist yet")
     assert (REPO / config).is_file(), f"{config} not found in the repo"
     overrides = [argv[i + 1] for i, a in enumerate(argv) if a == "--set"]
     assert any(o.startswith("run.storage=/mnt/wcgan/") for o in overrides), \
         "run.storage must be on the volume every pod mounts"
-    # With the real config loader, the --set keys must be real config keys too.
-    try:
-        from orchestrator.config import load_config
-    except ImportError:
-        return
-    load_config(str(REPO / config), overrides)
+    load_config(str(REPO / config), overrides)  # the --set keys are real config keys
 
 
 def test_rayjob_runtime_env(rayjob):
@@ -250,6 +222,7 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
+@pytest.mark.e2e  # a real 2-node Ray cluster
 @pytest.mark.skipif(shutil.which("bash") is None, reason="needs bash")
 def test_sbatch_runs_end_to_end_with_fake_slurm(tmp_path):
     """Run the script with stand-ins for srun/scontrol/hostname: it must start a

@@ -9,7 +9,7 @@ import pytest
 from PIL import Image
 
 from orchestrator.cli import main
-from orchestrator.config import ConfigError, load_config
+from core.config import ConfigError, load_config
 
 
 def run_cli(tmp_path, capsys, *args):

@@ -12,7 +12,9 @@ import uuid
 
 import pytest
 
+from core.errors import JobError
 from orchestrator import jobs
+from orchestrator.local_head import LocalHead
 from orchestrator.cli import main
 from orchestrator.status import NAME, format_status
 
@@ -55,7 +57,7 @@ def scrape(url: str) -> dict[tuple[str, str, str], float]:
 @pytest.fixture(scope="module")
 def head():
     # Report metrics every second instead of every 10 s, so series show up while a short run trains.
-    h = jobs.LocalHead(num_cpus=2, object_store_memory=200 * 2**20, env={"RAY_metrics_report_interval_ms": "1000"})
+    h = LocalHead(num_cpus=2, object_store_memory=200 * 2**20, env={"RAY_metrics_report_interval_ms": "1000"})
     h.start()
     try:
         yield h
@@ -80,7 +82,7 @@ def training_job(head, tmp_path_factory):
         client.stop_job(job_id)
         try:
             jobs.wait(client, job_id, timeout_s=60, stop_on_timeout=False)
-        except jobs.JobError:
+        except JobError:
             pass
 
 

@@ -8,7 +8,7 @@ from PIL import Image
 
 from conftest import small_config  # noqa: E402
 from orchestrator.cli import main
-from orchestrator.config import ConfigError
+from core.config import ConfigError
 from orchestrator.run import check_resume_compatible
 
 

@@ -12,8 +12,9 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from orchestrator import jobs
-from workers import checkpoint
+from core.rundir import RunDir
+from orchestrator import jobs, local_head
+from orchestrator.local_head import LocalHead
 
 REPO = jobs.REPO_ROOT
 TINY = ["dataset.labels=[0,1]", "model.width=8", "model.z_dim=16", "train.batch_size=32", "train.n_critic=2",
@@ -38,13 +39,13 @@ def test_runtime_env_keeps_local_state_out_of_the_upload():
 
 
 def test_free_ports_are_distinct():
-    ports = jobs.free_ports(9)
+    ports = local_head.free_ports(9)
     assert len(set(ports)) == 9 and all(p > 0 for p in ports)
 
 
 @pytest.fixture(scope="module")
 def head():
-    h = jobs.LocalHead(num_cpus=2, object_store_memory=200 * 2**20)
+    h = LocalHead(num_cpus=2, object_store_memory=200 * 2**20)
     h.start()
     try:
         yield h
@@ -53,7 +54,7 @@ def head():
         h.stop()
         # Stopped by its own process group: nothing of this cluster is left running.
         if pgid is not None:
-            assert not jobs._group_alive(pgid)
+            assert not local_head._group_alive(pgid)
 
 
 def test_ray_job_submit_runs_a_training_run(head, tmp_path):
@@ -62,7 +63,7 @@ def test_ray_job_submit_runs_a_training_run(head, tmp_path):
     submission_id = f"wcgan-test-{run_id}"
     sets = " ".join(f"--set {s}" for s in TINY + [f"run.storage={storage}", f"run.id={run_id}"])
     # The README's command line; `ls -a` first shows what the working-dir upload holds.
-    cmd = [jobs.ray_executable(), "job", "submit", "--address", head.dashboard_url, "--working-dir", ".",
+    cmd = [local_head.ray_executable(), "job", "submit", "--address", head.dashboard_url, "--working-dir", ".",
            "--runtime-env", "runtime_env.yaml", "--submission-id", submission_id, "--no-wait", "--",
            "sh", "-c", f"ls -a && python -m orchestrator train --config experiments/digits.yaml --no-eval {sets}"]
     env = dict(os.environ, RAY_AUTH_MODE="token")  # how the ray CLI is told to send the token
@@ -89,7 +90,7 @@ def test_ray_job_submit_runs_a_training_run(head, tmp_path):
     assert list(summary["label"]) == [0, 1]
     assert (summary["steps"] > 0).all() and (summary["images_per_s"] > 0).all()
     for k in (0, 1):
-        ckpts = checkpoint.list_checkpoints(run_dir, k)
+        ckpts = RunDir(run_dir).checkpoints(k)
         assert ckpts and ckpts[-1][0] == summary.loc[summary.label == k, "steps"].item()
     assert (run_dir / "config.yaml").is_file() and (run_dir / "samples" / "grid.png").is_file()
     assert jobs.job_wall_s(info) > 0

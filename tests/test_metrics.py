@@ -6,8 +6,8 @@ metrics.feature_extractor_weights_path at it. The digits classifier is trained o
 
 from __future__ import annotations
 
+import logging
 import math
-import time
 import urllib.error
 from pathlib import Path
 
@@ -15,9 +15,14 @@ import pandas as pd
 import pytest
 import torch
 
+from core.config import DatasetConfig, dump_config, load_config
+from core.errors import MissingWeightsError
+from core.rundir import CheckpointRef, RunDir, save_checkpoint, write_text
+from metrics import classifier as C
 from metrics import features as F
+from metrics import inception as I  # noqa: E741
 from metrics import scores as S
-from orchestrator.config import DatasetConfig, load_config, save_config
+from metrics.results import RESULT_COLUMNS
 from workers.data import load_split, to_model_range, to_uint8
 
 
@@ -29,7 +34,7 @@ def storage(tmp_path_factory):
 @pytest.fixture(scope="module")
 def clf(storage):
     """The digits 8px classifier, trained here once for the module."""
-    return F.get_classifier(DatasetConfig(), storage, device="cpu", log=lambda s: None)
+    return C.get_classifier(DatasetConfig(), storage, device="cpu")
 
 
 @pytest.fixture(scope="module")
@@ -43,7 +48,7 @@ def digits_train():
 def test_fid_of_a_set_with_itself_is_zero_and_grows_with_noise(clf, digits_train):
     x, _ = digits_train
     feat = clf.features_module()
-    assert feat.num_features == F.CLASSIFIER_FEATURE_DIM == 64
+    assert feat.num_features == C.CLASSIFIER_FEATURE_DIM == 64
     base = feat(x)
     assert base.shape == (len(x), 64)
     assert S.fid(base, base) == pytest.approx(0.0, abs=1e-6)
@@ -128,30 +133,27 @@ def test_class_accuracy_high_on_real_and_chance_on_noise(clf):
     assert clf.accuracy > 0.9, clf.accuracy
     x_test, y_test = load_split(DatasetConfig(), range(10), "test")
     assert clf.n_test == len(x_test)
-    real_acc = float((clf.predict(x_test) == y_test).float().mean())
+    with torch.no_grad():
+        real_acc = float((clf.model(x_test).argmax(1) == y_test).float().mean())
     assert real_acc == pytest.approx(clf.accuracy, abs=1e-6)
     gen = torch.Generator().manual_seed(0)
     noise = torch.randint(0, 256, (1000, 1, 8, 8), generator=gen, dtype=torch.uint8)
     wanted = torch.arange(1000) % 10  # "generator k" for noise: chance is 1/10
-    noise_acc = float((clf.predict(noise) == wanted).float().mean())
+    with torch.no_grad():
+        noise_acc = float((clf.model(noise).argmax(1) == wanted).float().mean())
     assert noise_acc < 0.2, noise_acc
-    # IS classifier: logits over all classes, usable as torchmetrics' custom IS feature
-    logits = clf.logits_module()
-    assert logits.num_features == 10 and logits(x_test[:5]).shape == (5, 10)
 
 
 def test_classifier_cache_is_reused_not_retrained(clf, storage, monkeypatch):
-    path = F.classifier_cache_path(storage, "digits", 8)
+    path = C.classifier_cache_path(storage, "digits", 8)
     assert clf.path == path and path.is_file() and not clf.loaded_from_cache
     mtime = path.stat().st_mtime_ns
 
     def no_training(*a, **k):
         raise AssertionError("the cached classifier was retrained")
 
-    monkeypatch.setattr(F, "train_classifier", no_training)
-    t0 = time.perf_counter()
-    again = F.get_classifier(DatasetConfig(), storage, device="cpu", log=lambda s: None)
-    assert time.perf_counter() - t0 < 5.0
+    monkeypatch.setattr(C, "train_classifier", no_training)
+    again = C.get_classifier(DatasetConfig(), storage, device="cpu")
     assert again.loaded_from_cache and again.accuracy == clf.accuracy
     assert path.stat().st_mtime_ns == mtime
     x = torch.randint(0, 256, (4, 1, 8, 8), dtype=torch.uint8)
@@ -160,9 +162,9 @@ def test_classifier_cache_is_reused_not_retrained(clf, storage, monkeypatch):
     def retrain(*a, **k):
         raise RuntimeError("retrain")
 
-    monkeypatch.setattr(F, "train_classifier", retrain)
+    monkeypatch.setattr(C, "train_classifier", retrain)
     with pytest.raises(RuntimeError, match="retrain"):
-        F.get_classifier(DatasetConfig(test_fraction=0.3), storage, device="cpu", log=lambda s: None)
+        C.get_classifier(DatasetConfig(test_fraction=0.3), storage, device="cpu")
 
 
 # ------------------------------------------------------------------ Inception
@@ -178,10 +180,10 @@ def empty_hub(tmp_path):
 def test_missing_weights_error_names_the_file(empty_hub, tmp_path, monkeypatch):
     cfg = load_config(None, ["dataset.labels=[0]", "metrics.feature_extractor=inception",
                              "metrics.download_weights=false"])
-    with pytest.raises(F.MissingWeightsError) as err:
-        F.build_feature_space(cfg, tmp_path / "store", device="cpu", class_accuracy=False, log=lambda s: None)
+    with pytest.raises(MissingWeightsError) as err:
+        F.build_feature_space(cfg, tmp_path / "store", device="cpu", class_accuracy=False)
     msg = str(err.value)
-    assert F.WEIGHTS_FILENAME in msg
+    assert I.WEIGHTS_FILENAME in msg
     assert "https://github.com/toshas/torch-fidelity/releases" in msg
     assert str(empty_hub / "checkpoints") in msg and "feature_extractor_weights_path" in msg
     assert "make fetch-weights" in msg
@@ -190,9 +192,9 @@ def test_missing_weights_error_names_the_file(empty_hub, tmp_path, monkeypatch):
     def offline(*a, **k):
         raise urllib.error.URLError("no network here")
 
-    monkeypatch.setattr(F.urllib.request, "urlopen", offline)
-    with pytest.raises(F.MissingWeightsError) as err:
-        F.resolve_inception_weights(tmp_path / "nowhere.pth", download=True, log=lambda s: None)
+    monkeypatch.setattr(I.urllib.request, "urlopen", offline)
+    with pytest.raises(MissingWeightsError) as err:
+        I.resolve_inception_weights(tmp_path / "nowhere.pth", download=True)
     assert str(tmp_path / "nowhere.pth") in str(err.value) and "no network here" in str(err.value)
     assert not (tmp_path / "nowhere.pth").exists()
 
@@ -216,19 +218,19 @@ def _save_random_inception(path: Path, monkeypatch) -> dict:
 
 
 def test_inception_path_loads_a_local_weights_file(tmp_path, empty_hub, monkeypatch):
-    weights = tmp_path / "w" / F.WEIGHTS_FILENAME
+    weights = tmp_path / "w" / I.WEIGHTS_FILENAME
     weights.parent.mkdir()
     state = _save_random_inception(weights, monkeypatch)
 
     def offline(*a, **k):
         raise AssertionError("tried the network")
 
-    monkeypatch.setattr(F.urllib.request, "urlopen", offline)
+    monkeypatch.setattr(I.urllib.request, "urlopen", offline)
     monkeypatch.setattr(torch.hub, "load_state_dict_from_url", offline)
     # a directory holding the file works as well as the file itself
     cfg = load_config(None, ["dataset.labels=[0]", "metrics.feature_extractor=inception",
                              f"metrics.feature_extractor_weights_path={weights.parent}"])
-    space = F.build_feature_space(cfg, tmp_path / "store", device="cpu", class_accuracy=False, log=lambda s: None)
+    space = F.build_feature_space(cfg, tmp_path / "store", device="cpu", class_accuracy=False)
     assert space.name == "inception" and space.classifier is None and space.num_features == 2048
     loaded = space.extractor.net.state_dict()
     assert torch.equal(loaded["Conv2d_1a_3x3.conv.weight"], state["Conv2d_1a_3x3.conv.weight"])
@@ -266,21 +268,20 @@ def test_fetch_weights_checks_the_download_and_writes_atomically(tmp_path, monke
         def __enter__(self):
             return self
 
-    monkeypatch.setattr(F.urllib.request, "urlopen", lambda url, timeout=None: Response(served["data"]))
+    monkeypatch.setattr(I.urllib.request, "urlopen", lambda url, timeout=None: Response(served["data"]))
     dest = tmp_path / "cache"
-    path = F.fetch_inception_weights(dest, log=lambda s: None)  # a directory: the file goes inside
-    assert path == dest / F.WEIGHTS_FILENAME and path.read_bytes() == served["data"]
-    assert F.find_inception_weights(dest) == path
+    path = I.fetch_inception_weights(dest)  # a directory: the file goes inside
+    assert path == dest / I.WEIGHTS_FILENAME and path.read_bytes() == served["data"]
+    assert I.find_inception_weights(dest) == path
     served["data"] = b"<html>rate limited</html>"  # not the weights: refused, nothing left behind
-    with pytest.raises(Exception):
-        F.fetch_inception_weights(tmp_path / "other" / "w.pth", log=lambda s: None)
+    with pytest.raises(MissingWeightsError, match="is not weights-inception"):
+        I.fetch_inception_weights(tmp_path / "other" / "w.pth")
     assert list((tmp_path / "other").iterdir()) == []
 
 
 # ------------------------------------------------------------------ evaluate_run and the report
 
 def _make_run(storage: Path, run_id: str, labels=(0, 1, 2), times=(1.0, 2.0), every_s=1.0) -> Path:
-    from workers.checkpoint import checkpoint_path, save_atomic
     from workers.models import Generator
 
     sets = [f"run.storage={storage}", f"run.id={run_id}", f"dataset.labels={list(labels)}", "model.width=8",
@@ -288,30 +289,29 @@ def _make_run(storage: Path, run_id: str, labels=(0, 1, 2), times=(1.0, 2.0), ev
     if every_s:
         sets.append(f"metrics.every_s={every_s}")
     cfg = load_config(None, sets)
-    run = storage / run_id
-    run.mkdir(parents=True)
-    save_config(cfg, run / "config.yaml")
+    run = RunDir(storage / run_id)
+    write_text(run.config, dump_config(cfg))
     for k in labels:
         for step, t in enumerate(times, 1):
             torch.manual_seed(100 * k + step)
             g = Generator(16, 8, 1, 8)
-            save_atomic({"label": k, "state": {"generator": g.state_dict()}, "elapsed_s": t,
-                         "model": cfg.model.model_dump(), "channels": 1, "image_size": 8,
-                         "images_seen": 64 * step, "restarts": 0}, checkpoint_path(run, k, step))
+            save_checkpoint({"label": k, "state": {"generator": g.state_dict()}, "elapsed_s": t,
+                             "model": cfg.model.model_dump(), "channels": 1, "image_size": 8,
+                             "images_seen": 64 * step, "restarts": 0}, run.checkpoint_path(k, step))
     pd.DataFrame({"label": list(labels), "steps": [10] * len(labels), "images_per_s": [100.0] * len(labels),
-                  "restarts": [0] * len(labels)}).to_csv(run / "summary.csv", index=False)
-    return run
+                  "restarts": [0] * len(labels)}).to_csv(run.summary_csv, index=False)
+    return run.path
 
 
-def test_evaluate_run_writes_results_plots_and_a_classifier_space_report(clf, storage):
+def test_evaluate_run_writes_results_plots_and_a_classifier_space_report(clf, storage, caplog):
     from metrics.evaluate import evaluate_run
     from metrics.report import render_report
 
     run = _make_run(storage, "eval1")
-    logs: list[str] = []
-    df = evaluate_run(run, log=logs.append)
+    with caplog.at_level(logging.INFO, logger="metrics"):
+        df = evaluate_run(run)
     results = pd.read_csv(run / "results.csv", dtype={"label": str})
-    assert list(results.columns) == S.RESULT_COLUMNS and len(results) == len(df)
+    assert list(results.columns) == RESULT_COLUMNS and len(results) == len(df)
     final = results[(results["eval"] == "final") & (results["label"] == "all")].set_index("metric")
     for metric in ("fid", "kid_mean", "kid_std", "is_mean", "is_std", "class_accuracy"):
         assert metric in final.index and math.isfinite(final.loc[metric, "value"]), metric
@@ -329,7 +329,8 @@ def test_evaluate_run_writes_results_plots_and_a_classifier_space_report(clf, st
     per_label = pd.read_csv(run / "per_label.csv")
     assert list(per_label["label"]) == [0, 1, 2] and {"fid", "n_fake", "n_real", "fid_floor", "class_accuracy"} <= set(per_label)
     # the classifier was loaded from the module's cache, not retrained
-    assert not any("training the" in line for line in logs)
+    assert any("scored label 2" in m for m in caplog.messages)  # progress is logged...
+    assert not any("training the" in m for m in caplog.messages)  # ...and the classifier was not retrained
 
     for p in ("report.md", "plots/fid_over_time.png", "plots/per_class_fid.png", "samples/grid.png", "metrics.json"):
         assert (run / p).is_file(), p
@@ -345,9 +346,10 @@ def test_evaluation_schedule_picks_the_latest_checkpoint_before_each_mark():
     from metrics.evaluate import evaluation_schedule
 
     p = lambda k, s: Path(f"l{k}/ckpt-{s}.pt")  # noqa: E731
-    ckpts = {0: [(10.0, 1, p(0, 1)), (25.0, 2, p(0, 2)), (40.0, 3, p(0, 3))],
-             1: [(15.0, 1, p(1, 1)), (22.0, 2, p(1, 2)), (41.0, 3, p(1, 3))]}
-    evals = evaluation_schedule(ckpts, 10.0, log=lambda s: None)
+    ref = lambda t, k, s: CheckpointRef(t, s, p(k, s))  # noqa: E731
+    ckpts = {0: [ref(10.0, 0, 1), ref(25.0, 0, 2), ref(40.0, 0, 3)],
+             1: [ref(15.0, 1, 1), ref(22.0, 1, 2), ref(41.0, 1, 3)]}
+    evals = evaluation_schedule(ckpts, 10.0)
     # t=10: label 1 has nothing yet (skipped); t=20 and t=30; t=40 is before the end (41s)
     assert [(e.name, e.time_s) for e in evals] == [("checkpoint", 20.0), ("checkpoint", 30.0),
                                                   ("checkpoint", 40.0), ("final", 41.0)]
@@ -357,6 +359,6 @@ def test_evaluation_schedule_picks_the_latest_checkpoint_before_each_mark():
     assert evals[3].checkpoints == {0: p(0, 3), 1: p(1, 3)}
     assert [e.name for e in evaluation_schedule(ckpts, None)] == ["final"]
     # A checkpoint due at t=20 is written a moment later (end of the step crossing 20 s): it counts.
-    late = {0: [(20.3, 1, p(0, 1)), (31.0, 2, p(0, 2))]}
-    assert [(e.name, e.time_s) for e in evaluation_schedule(late, 20.0, log=lambda s: None)] == \
+    late = {0: [ref(20.3, 0, 1), ref(31.0, 0, 2)]}
+    assert [(e.name, e.time_s) for e in evaluation_schedule(late, 20.0)] == \
         [("checkpoint", 20.0), ("final", 31.0)]

@@ -7,8 +7,9 @@ import ray
 from ray.cluster_utils import Cluster
 
 from conftest import small_config  # noqa: E402
-from orchestrator.config import ResourcesConfig
-from orchestrator.resources import PlacementError, plan_resources
+from core.config import ResourcesConfig
+from core.errors import PlacementError
+from orchestrator.resources import plan_resources
 from orchestrator.run import place, start_label_actors
 
 

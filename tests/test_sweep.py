@@ -9,7 +9,7 @@ import pytest
 
 from orchestrator import jobs
 from orchestrator.cli import main
-from orchestrator.config import ConfigError, load_config
+from core.config import ConfigError, load_config
 from orchestrator.sweep import add_efficiency, entrypoint, label_pool, parse_workers, plan_points
 
 REPO = jobs.REPO_ROOT
@@ -65,16 +65,20 @@ def test_efficiency_against_the_smallest_n():
     assert strong[1]["efficiency"] == 0.8 and strong[1]["time_efficiency"] == 0.4
 
 
+@pytest.mark.e2e  # starts a local Ray head and submits jobs to it
 def test_weak_scaling_sweep_runs_one_ray_job_per_point(tmp_path, capsys):
     out = tmp_path / "sweep"
     argv = ["sweep", "--config", str(REPO / "experiments" / "digits.yaml"), "--workers", "1,2", "--steps", "20",
-            "--out", str(out), "--id", "t-sweep", "--quiet", "--timeout-s", "300",
+            "--out", str(out), "--id", "t-sweep", "--no-job-output", "--timeout-s", "300",
             "--set", "model.width=8", "--set", "model.z_dim=16", "--set", "train.batch_size=32",
             "--set", "train.n_critic=2", "--set", "train.log_every_s=2"]
-    assert main(argv) == 0, capsys.readouterr().err
-    printed = capsys.readouterr().out
-    assert "starting a local Ray head" in printed and "stopping the local Ray head" in printed
-    assert "[1/2] N=1" in printed and "[2/2] N=2: job SUCCEEDED" in printed
+    code = main(argv)
+    captured = capsys.readouterr()
+    assert code == 0, captured.err
+    progress = captured.err  # progress is logged to stderr; the result table is printed to stdout
+    assert "starting a local Ray head" in progress and "stopping the local Ray head" in progress
+    assert "[1/2] N=1" in progress and "[2/2] N=2: job SUCCEEDED" in progress
+    assert "n_workers" in captured.out and "scaling.csv" in captured.out
 
     table = pd.read_csv(out / "scaling.csv")
     assert list(table["n_workers"]) == [1, 2] and list(table["n_labels"]) == [1, 2]

@@ -1,69 +1,73 @@
-"""Atomic, weights-only checkpoints of one label's WGAN-GP pair.
+"""What a checkpoint holds, for both kinds of run, and how a pair resumes from one.
 
-Layout: ``<run>/labels/<k>/ckpt-<step:08d>.pt``. A checkpoint is written to a
-temporary file in the same directory and renamed, so a crash mid-write never
-leaves a truncated file where a restarted actor would look for one.
+One checkpoint dict (written through :mod:`core.rundir`, atomically, read weights-only):
+
+    kind          "label" (one label's pair) or "conditional-wgan-gp" (the baseline's)
+    state         the pair's state_dict (networks, optimisers, generator steps, RNG)
+    elapsed_s     training budget spent when it was written
+    model, channels, image_size, num_classes (baseline), label (label runs), labels
+    images_seen, restarts, dataset, device, world_size, final, images_per_s
 """
 
 from __future__ import annotations
 
-import os
-import re
-import tempfile
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional
 
-import torch
+from core.rundir import BASELINE, Owner, RunDir, load_checkpoint, save_checkpoint
+from workers.gan import WGANGP
 
-CKPT_RE = re.compile(r"^ckpt-(\d{8})\.pt$")
-
-
-def label_dir(run_dir: str | Path, label: int) -> Path:
-    return Path(run_dir) / "labels" / str(label)
+LABEL_KIND = "label"
+BASELINE_KIND = "conditional-wgan-gp"
 
 
-def checkpoint_path(run_dir: str | Path, label: int, step: int) -> Path:
-    return label_dir(run_dir, label) / f"ckpt-{step:08d}.pt"
+@dataclass
+class Resume:
+    """Where a (re)started pair picks up: zeros for a fresh one."""
+
+    start_step: int = 0
+    elapsed_s: float = 0.0
+    images_seen: int = 0
+    restarts: int = 0
+    path: Optional[Path] = None
 
 
-def save_atomic(obj: dict, path: Path) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=".pt", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            torch.save(obj, f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+def restore(run: RunDir, owner: Owner, pair: WGANGP, restore_rng: bool = True) -> Resume:
+    """Load the owner's latest checkpoint into `pair`, if there is one."""
+    latest = run.latest_checkpoint(owner)
+    if latest is None:
+        return Resume()
+    blob = load_checkpoint(latest, map_location=pair.device)
+    pair.load_state_dict(blob["state"], restore_rng=restore_rng)
+    return Resume(pair.generator_steps, float(blob["elapsed_s"]), int(blob.get("images_seen", 0)),
+                  int(blob.get("restarts", 0)), latest)
 
 
-def list_checkpoints(run_dir: str | Path, label: int) -> list[tuple[int, Path]]:
-    """(step, path) pairs, oldest first."""
-    d = label_dir(run_dir, label)
-    if not d.is_dir():
-        return []
-    found = []
-    for p in d.iterdir():
-        m = CKPT_RE.match(p.name)
-        if m:
-            found.append((int(m.group(1)), p))
-    return sorted(found)
+class Checkpointer:
+    """Writes one owner's checkpoints: the pair's state plus what sampling and scoring need."""
 
+    def __init__(self, run: RunDir, owner: Owner, pair: WGANGP, cfg, resume: Resume, restarts: int,
+                 labels: list[int], images_per_step: int, num_classes: Optional[int] = None,
+                 world_size: int = 1):
+        self.run, self.owner, self.pair, self.cfg = run, owner, pair, cfg
+        self.resume, self.images_per_step = resume, images_per_step
+        self.meta = {
+            "kind": BASELINE_KIND if owner == BASELINE else LABEL_KIND,
+            "model": cfg.model.model_dump(), "channels": int(pair.images.shape[1]),
+            "image_size": int(pair.images.shape[2]), "labels": [int(k) for k in labels],
+            "restarts": restarts, "dataset": cfg.dataset.name, "device": str(pair.device),
+            "world_size": world_size,
+        }
+        if owner == BASELINE:
+            self.meta["num_classes"] = num_classes
+        else:
+            self.meta["label"] = int(owner)
 
-def latest_checkpoint(run_dir: str | Path, label: int) -> Optional[Path]:
-    ckpts = list_checkpoints(run_dir, label)
-    return ckpts[-1][1] if ckpts else None
-
-
-def load(path: str | Path, map_location: str | torch.device = "cpu") -> dict:
-    return torch.load(path, map_location=map_location, weights_only=True)
-
-
-def prune(run_dir: str | Path, label: int, keep: Optional[int]) -> None:
-    if keep is None:
-        return
-    for _, p in list_checkpoints(run_dir, label)[:-keep]:
-        p.unlink(missing_ok=True)
+    def save(self, elapsed_s: float, final: bool = False, images_per_s: Optional[float] = None) -> Path:
+        images_seen = self.resume.images_seen + (self.pair.generator_steps - self.resume.start_step) * self.images_per_step
+        path = self.run.checkpoint_path(self.owner, self.pair.generator_steps)
+        save_checkpoint({**self.meta, "state": self.pair.state_dict(), "elapsed_s": elapsed_s,
+                         "images_seen": images_seen, "final": final, "images_per_s": images_per_s}, path)
+        self.run.prune(self.owner, self.cfg.train.keep_checkpoints)
+        return path

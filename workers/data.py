@@ -17,15 +17,12 @@ from typing import Optional
 import numpy as np
 import torch
 
-from orchestrator.config import ConfigError, DatasetConfig
+from core.config import DatasetConfig
+from core.errors import DataError
 
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm", ".pgm")
 NATIVE_SIZE = {"digits": 8, "cifar10": 32, "cifar100": 32, "imagenet1k": 64}
 DEFAULT_ROOT = "data"
-
-
-class DataError(ConfigError):
-    """A data root, file or label the config points at is missing or unreadable."""
 
 
 @dataclass(frozen=True)

@@ -1,10 +1,24 @@
-"""DCGAN-style generator and critic that adapt their depth to the resolution.
+"""DCGAN-style generators and critics that adapt their depth to the resolution.
 
-The critic has no batch norm: the WGAN-GP penalty is per-sample, and batch
-statistics would couple the samples it differentiates through.
+The per-label pair (:class:`Generator`, :class:`Critic`) and the data-parallel baseline's
+conditional pair (:class:`ConditionalGenerator`, :class:`ProjectionCritic`) share one layer
+plan (``resolution_plan`` + ``stage_channels``), so at equal ``model.width`` each label's
+network in the ensemble and the shared conditional network have the same architecture; the
+conditional pair only adds label embeddings:
+
+* ConditionalGenerator: conditional batch norm (de Vries et al. 2017; Miyato & Koyama 2018):
+  batch statistics are shared, the affine gamma/beta come from a per-class embedding.
+* ProjectionCritic (Miyato & Koyama, "cGANs with Projection Discriminator", ICLR 2018):
+  ``D(x, y) = head(phi(x)) + <embed(y), sum_hw phi(x)>``.
+
+Critics have no batch norm: the WGAN-GP penalty is per-sample, and batch statistics would
+couple the samples it differentiates through. Labels are the data set's own class indices
+(``0 .. num_classes-1``), so a run of ``dataset.labels=[0,3,7]`` embeds all classes.
 """
 
 from __future__ import annotations
+
+from typing import Optional
 
 import torch
 from torch import nn
@@ -69,12 +83,75 @@ class Critic(nn.Module):
         return self.head(self.features(x).flatten(1)).squeeze(1)
 
 
-def build_models(model_cfg, channels: int, image_size: int) -> tuple[Generator, Critic]:
-    return (
-        Generator(model_cfg.z_dim, model_cfg.width, channels, image_size),
-        Critic(model_cfg.width, channels, image_size),
-    )
-
-
 def count_parameters(module: nn.Module) -> int:
     return sum(p.numel() for p in module.parameters())
+
+
+class ConditionalBatchNorm(nn.Module):
+    """BatchNorm without its own affine; gamma/beta looked up per class."""
+
+    def __init__(self, num_features: int, num_classes: int, dims: int = 2):
+        super().__init__()
+        bn = nn.BatchNorm2d if dims == 2 else nn.BatchNorm1d
+        self.bn = bn(num_features, affine=False)
+        self.gamma = nn.Embedding(num_classes, num_features)
+        self.beta = nn.Embedding(num_classes, num_features)
+        nn.init.ones_(self.gamma.weight)
+        nn.init.zeros_(self.beta.weight)
+        self.dims = dims
+
+    def forward(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        h = self.bn(x)
+        gamma, beta = self.gamma(y), self.beta(y)
+        if self.dims == 2:
+            gamma, beta = gamma[:, :, None, None], beta[:, :, None, None]
+        return gamma * h + beta
+
+
+class ConditionalGenerator(nn.Module):
+    def __init__(self, z_dim: int, width: int, channels: int, image_size: int, num_classes: int):
+        super().__init__()
+        self.z_dim, self.image_size, self.num_classes = z_dim, image_size, num_classes
+        self.base, stages = resolution_plan(image_size)
+        chans = stage_channels(width, stages)
+        self._first_channels = chans[0]
+        self.project = nn.Linear(z_dim, chans[0] * self.base * self.base)
+        self.project_norm = ConditionalBatchNorm(chans[0] * self.base * self.base, num_classes, dims=1)
+        self.ups = nn.ModuleList(
+            nn.ConvTranspose2d(c_in, c_out, kernel_size=4, stride=2, padding=1)
+            for c_in, c_out in zip(chans[:-1], chans[1:])
+        )
+        self.norms = nn.ModuleList(ConditionalBatchNorm(c, num_classes) for c in chans[1:])
+        self.to_image = nn.Sequential(nn.Conv2d(chans[-1], channels, kernel_size=3, padding=1), nn.Tanh())
+
+    def forward(self, z: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        h = torch.relu(self.project_norm(self.project(z), y))
+        h = h.view(-1, self._first_channels, self.base, self.base)
+        for up, norm in zip(self.ups, self.norms):
+            h = torch.relu(norm(up(h), y))
+        return self.to_image(h)
+
+
+class ProjectionCritic(Critic):
+    """The per-label Critic plus a class projection, so both methods share one critic body."""
+
+    def __init__(self, width: int, channels: int, image_size: int, num_classes: int):
+        super().__init__(width, channels, image_size)
+        # Projection on globally sum-pooled features (Miyato & Koyama): one C-vector per class.
+        self.embed = nn.Embedding(num_classes, self.feature_channels)
+        nn.init.normal_(self.embed.weight, std=0.02)
+
+    def forward(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        h = self.features(x)
+        out = self.head(h.flatten(1)).squeeze(1)
+        return out + (self.embed(y) * h.sum(dim=(2, 3))).sum(dim=1)
+
+
+def build_models(model_cfg, channels: int, image_size: int,
+                 num_classes: Optional[int] = None) -> tuple[nn.Module, nn.Module]:
+    """The per-label pair, or with `num_classes` the conditional pair of the baseline."""
+    if num_classes is None:
+        return (Generator(model_cfg.z_dim, model_cfg.width, channels, image_size),
+                Critic(model_cfg.width, channels, image_size))
+    return (ConditionalGenerator(model_cfg.z_dim, model_cfg.width, channels, image_size, num_classes),
+            ProjectionCritic(model_cfg.width, channels, image_size, num_classes))

@@ -13,11 +13,7 @@ from typing import Any, Literal, Optional, Union
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
-DATASETS = ("digits", "cifar10", "cifar100", "imagenet1k", "folder")
-
-
-class ConfigError(ValueError):
-    """Bad user input: the CLI prints it and exits with code 2."""
+from core.errors import ConfigError
 
 
 class _Section(BaseModel):
@@ -209,5 +205,6 @@ def load_config(path: Optional[str | Path] = None, overrides: Optional[list[str]
     return validate(raw, source)
 
 
-def save_config(cfg: Config, path: Path) -> None:
-    path.write_text(yaml.safe_dump(cfg.to_dict(), sort_keys=False))
+def dump_config(cfg: Config) -> str:
+    """The resolved config as YAML text (what a run directory's config.yaml holds)."""
+    return yaml.safe_dump(cfg.to_dict(), sort_keys=False)

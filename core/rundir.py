@@ -1,0 +1,284 @@
+"""The run directory: the one owner of its paths, its checkpoints and every atomic write.
+
+    <run>/config.yaml                    resolved config
+    <run>/labels/<k>/ckpt-<step>.pt      per-label ensemble run: one WGAN-GP pair per label
+    <run>/labels/<k>/history.csv
+    <run>/baseline/ckpt-<step>.pt        data-parallel baseline run: one conditional pair
+    <run>/baseline/history.csv, summary.json
+    <run>/summary.csv, results.csv, per_label.csv, metrics.json, report.md, samples/, plots/
+
+Both kinds of run are read through the same calls: a checkpoint *owner* is a label (``int``)
+or :data:`BASELINE`, and :meth:`RunDir.checkpoints_by_label` gives, for either kind, the
+checkpoints that generate each label over training time.
+
+Every file is written atomically (a temporary file in the same folder, fsync, rename, fsync
+of the folder), so a crash never leaves a half-written file under a final name.
+"""
+
+from __future__ import annotations
+
+import csv
+import os
+import re
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import IO, Callable, Iterable, Optional, Union
+
+BASELINE = "baseline"
+Owner = Union[int, str]  # a label, or BASELINE
+CKPT_RE = re.compile(r"^ckpt-(\d{8})\.pt$")
+HISTORY_FIELDS = ("step", "elapsed_s", "critic_loss", "generator_loss", "wasserstein",
+                  "gradient_penalty", "images_per_s", "restarts")
+
+
+# ------------------------------------------------------------------ atomic writes
+
+def atomic_write(path: str | os.PathLike, write: Callable[[IO[bytes]], None]) -> Path:
+    """Call `write(f)` on a temporary file beside `path`, then rename it into place."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=path.suffix, dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            write(f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    _fsync_dir(path.parent)
+    return path
+
+
+def _fsync_dir(directory: Path) -> None:
+    """Make the rename itself durable (POSIX); a no-op where folders cannot be opened."""
+    try:
+        fd = os.open(directory, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+def write_text(path: str | os.PathLike, text: str) -> Path:
+    return atomic_write(path, lambda f: f.write(text.encode()))
+
+
+def write_csv(frame, path: str | os.PathLike) -> Path:
+    """A pandas DataFrame as CSV, atomically (a report rendered meanwhile never reads half a table)."""
+    return write_text(path, frame.to_csv(index=False))
+
+
+def save_checkpoint(obj: dict, path: str | os.PathLike) -> Path:
+    import torch  # deferred: the driver lists run directories without importing torch
+
+    return atomic_write(path, lambda f: torch.save(obj, f))
+
+
+def load_checkpoint(path: str | os.PathLike, map_location="cpu") -> dict:
+    """Tensors and plain values only (``weights_only``): a checkpoint never runs code when read."""
+    import torch
+
+    return torch.load(path, map_location=map_location, weights_only=True)
+
+
+def checkpoint_meta(path: str | os.PathLike) -> dict:
+    """A checkpoint's plain fields (elapsed_s, image_size, labels, ...) without reading its tensors."""
+    import torch
+
+    try:
+        blob = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+    except RuntimeError:  # not a zip-format file: no mmap
+        blob = torch.load(path, map_location="cpu", weights_only=True)
+    return {k: v for k, v in blob.items() if k != "state"}
+
+
+# ------------------------------------------------------------------ the directory
+
+@dataclass(frozen=True)
+class CheckpointRef:
+    elapsed_s: float   # training time of the models in it
+    step: int          # generator steps
+    path: Path
+
+
+class RunDir:
+    """Paths and checkpoints of one run directory (ensemble or baseline)."""
+
+    def __init__(self, path: str | os.PathLike):
+        self.path = Path(path)
+
+    def __repr__(self) -> str:
+        return f"RunDir({str(self.path)!r})"
+
+    # files ----------------------------------------------------------------------------------
+    @property
+    def config(self) -> Path:
+        return self.path / "config.yaml"
+
+    @property
+    def summary_csv(self) -> Path:
+        return self.path / "summary.csv"
+
+    @property
+    def results_csv(self) -> Path:
+        return self.path / "results.csv"
+
+    @property
+    def per_label_csv(self) -> Path:
+        return self.path / "per_label.csv"
+
+    @property
+    def metrics_json(self) -> Path:
+        return self.path / "metrics.json"
+
+    @property
+    def report(self) -> Path:
+        return self.path / "report.md"
+
+    @property
+    def grid(self) -> Path:
+        return self.path / "samples" / "grid.png"
+
+    @property
+    def plots(self) -> Path:
+        return self.path / "plots"
+
+    @property
+    def baseline_summary(self) -> Path:
+        return self.owner_dir(BASELINE) / "summary.json"
+
+    # kinds and owners ------------------------------------------------------------------------
+    @property
+    def is_baseline(self) -> bool:
+        return self.owner_dir(BASELINE).is_dir()
+
+    def owner_dir(self, owner: Owner) -> Path:
+        if owner == BASELINE:
+            return self.path / BASELINE
+        return self.path / "labels" / str(int(owner))
+
+    def history(self, owner: Owner) -> Path:
+        return self.owner_dir(owner) / "history.csv"
+
+    def label_owners(self) -> list[int]:
+        """Labels with a folder under labels/ (ensemble runs), ascending."""
+        root = self.path / "labels"
+        if not root.is_dir():
+            return []
+        return sorted(int(d.name) for d in root.iterdir() if d.name.isdigit())
+
+    # checkpoints -----------------------------------------------------------------------------
+    def checkpoint_path(self, owner: Owner, step: int) -> Path:
+        return self.owner_dir(owner) / f"ckpt-{step:08d}.pt"
+
+    def checkpoints(self, owner: Owner) -> list[tuple[int, Path]]:
+        """(step, path) pairs, oldest first."""
+        d = self.owner_dir(owner)
+        if not d.is_dir():
+            return []
+        found = [(int(m.group(1)), p) for p in d.iterdir() if (m := CKPT_RE.match(p.name))]
+        return sorted(found)
+
+    def latest_checkpoint(self, owner: Owner) -> Optional[Path]:
+        found = self.checkpoints(owner)
+        return found[-1][1] if found else None
+
+    def prune(self, owner: Owner, keep: Optional[int]) -> None:
+        """Delete all but the newest `keep` checkpoints (None keeps all)."""
+        if keep is None:
+            return
+        for _, p in self.checkpoints(owner)[:-keep]:
+            p.unlink(missing_ok=True)
+
+    def has_checkpoints(self, labels: Iterable[int]) -> bool:
+        return self.latest_checkpoint(BASELINE) is not None or any(self.latest_checkpoint(k) for k in labels)
+
+    def checkpoints_by_label(self, labels: Optional[Iterable[int]] = None) -> dict[int, list[CheckpointRef]]:
+        """label -> the checkpoints that generate it, oldest first, for either kind of run.
+
+        Ensemble: each label's own checkpoints. Baseline: every baseline checkpoint, for each label
+        it trained. Labels without checkpoints are left out; a checkpoint pruned or unreadable while
+        listing is skipped.
+        """
+        if self.is_baseline:
+            refs, trained = [], set()
+            for step, path in self.checkpoints(BASELINE):
+                meta = _meta_or_none(path)
+                if meta is not None:
+                    refs.append(CheckpointRef(float(meta.get("elapsed_s", float("nan"))), step, path))
+                    trained = {int(k) for k in meta.get("labels", [])}
+            wanted = trained if labels is None else trained & {int(k) for k in labels}
+            return {k: list(refs) for k in sorted(wanted)} if refs else {}
+        out = {}
+        for k in (self.label_owners() if labels is None else labels):
+            refs = []
+            for step, path in self.checkpoints(k):
+                meta = _meta_or_none(path)
+                if meta is not None:
+                    refs.append(CheckpointRef(float(meta.get("elapsed_s", float("nan"))), step, path))
+            if refs:
+                out[int(k)] = refs
+        return out
+
+    def latest_by_label(self, labels: Optional[Iterable[int]] = None) -> dict[int, Path]:
+        """label -> the newest checkpoint that generates it (the same file for every label of a baseline)."""
+        if self.is_baseline:
+            latest = self.latest_checkpoint(BASELINE)
+            if latest is None:
+                return {}
+            trained = [int(k) for k in checkpoint_meta(latest).get("labels", [])]
+            return {k: latest for k in trained if labels is None or k in set(labels)}
+        out = {}
+        for k in (self.label_owners() if labels is None else labels):
+            latest = self.latest_checkpoint(k)
+            if latest is not None:
+                out[int(k)] = latest
+        return out
+
+
+def _meta_or_none(path: Path) -> Optional[dict]:
+    try:
+        return checkpoint_meta(path)
+    except Exception:  # pruned meanwhile, or unreadable: not a candidate
+        return None
+
+
+# ------------------------------------------------------------------ history.csv
+
+class History:
+    """history.csv of one owner, appended row by row so a crash loses at most one log interval.
+
+    On resume the rows past the checkpoint being resumed from are dropped (atomically): those
+    steps are trained again and would otherwise be logged twice.
+    """
+
+    def __init__(self, path: str | os.PathLike, keep_up_to: int = 0):
+        self.path = Path(path)
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        if self.path.exists():
+            with self.path.open(newline="") as f:
+                rows = [r for r in csv.DictReader(f) if int(r["step"]) <= keep_up_to]
+            atomic_write(self.path, lambda out: out.write(_csv_text(rows, header=True).encode()))
+
+    def append(self, row: dict) -> None:
+        header = not self.path.exists() or self.path.stat().st_size == 0
+        with self.path.open("a", newline="") as f:
+            f.write(_csv_text([row], header=header))
+
+
+def _csv_text(rows: list[dict], header: bool) -> str:
+    import io
+
+    buf = io.StringIO()
+    writer = csv.DictWriter(buf, fieldnames=HISTORY_FIELDS, extrasaction="ignore")
+    if header:
+        writer.writeheader()
+    writer.writerows(rows)
+    return buf.getvalue()

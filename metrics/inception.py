@@ -1,0 +1,209 @@
+"""torch-fidelity's InceptionV3: its weights file, found, fetched and verified, and the feature module.
+
+The network behind the published FID and IS figures, built through torchmetrics'
+``NoTrainInceptionV3`` with ``antialias=False`` (TF1-compatible resize, numbers comparable with
+papers). Weights are read from ``metrics.feature_extractor_weights_path`` or the torch hub cache
+(``torch.hub.get_dir()/checkpoints/``); nothing is downloaded unless asked, and a missing file
+raises :class:`core.errors.MissingWeightsError`, which names the file, where it comes from and
+where to put it. ``python -m metrics.inception fetch [--dest PATH]`` (``make fetch-weights``)
+downloads it where a network exists.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import inspect
+import logging
+import os
+import sys
+import tempfile
+import urllib.request
+from pathlib import Path
+from typing import Optional
+
+import torch
+from torch import nn
+
+from core.errors import MissingWeightsError
+
+logger = logging.getLogger(__name__)
+
+WEIGHTS_FILENAME = "weights-inception-2015-12-05-6726825d.pth"
+WEIGHTS_URL = "https://github.com/toshas/torch-fidelity/releases/download/v0.2.0/" + WEIGHTS_FILENAME
+INCEPTION_NUM_FEATURES = 2048
+INCEPTION_IS_FEATURE = "logits_unbiased"  # what torch-fidelity and torchmetrics use for IS
+
+
+def hub_weights_path() -> Path:
+    """Where torch.hub (and so torch-fidelity) looks for the weights: <hub dir>/checkpoints/<file>."""
+    return Path(torch.hub.get_dir()) / "checkpoints" / WEIGHTS_FILENAME
+
+
+def _configured_path(path: Optional[str | os.PathLike]) -> Optional[Path]:
+    """A configured path names the file itself (an existing file, or a name ending in .pth/.pt) or a
+    directory holding it (anything else)."""
+    if path is None or str(path) == "":
+        return None
+    p = Path(path).expanduser()
+    if p.is_file() or (p.suffix in (".pth", ".pt") and not str(path).endswith(("/", os.sep))):
+        return p
+    return p / WEIGHTS_FILENAME
+
+
+def find_inception_weights(path: Optional[str | os.PathLike] = None) -> Optional[Path]:
+    """The weights file if it is on this machine: the configured path when one is given, else the hub cache."""
+    p = _configured_path(path)
+    candidate = p if p is not None else hub_weights_path()
+    return candidate if candidate.is_file() else None
+
+
+def missing_weights_message(path: Optional[str | os.PathLike] = None, reason: Optional[str] = None) -> str:
+    p = _configured_path(path)
+    where = (f"metrics.feature_extractor_weights_path points at {p}, which does not exist"
+             if p is not None else f"it is not in the torch hub cache ({hub_weights_path()})")
+    lines = [
+        f"Inception weights file {WEIGHTS_FILENAME} not found: {where}.",
+        f"  It is torch-fidelity's InceptionV3 (the FID/IS reference network), released at {WEIGHTS_URL}",
+        "  On a machine with a network (an HPC login node, say) fetch it with",
+        "      make fetch-weights            (or: python -m metrics.inception fetch [--dest PATH])",
+        f"  and put it either at the configured path (metrics.feature_extractor_weights_path={p or 'PATH'})",
+        f"  or in the torch hub cache: {hub_weights_path()} (torch.hub.get_dir()/checkpoints/).",
+        "  Or set metrics.feature_extractor=classifier (or auto) to score in a classifier's feature space.",
+    ]
+    if reason:
+        lines.insert(1, f"  Download attempt failed: {reason}")
+    return "\n".join(lines)
+
+
+def _check_weights_file(path: Path) -> None:
+    """Loads the file into torch-fidelity's InceptionV3 architecture (strict); MissingWeightsError if it is
+    not the weights (an HTML error page, a truncated download)."""
+    from torch_fidelity.feature_extractor_inceptionv3 import FeatureExtractorInceptionV3
+
+    try:
+        FeatureExtractorInceptionV3("inception-v3-compat", ["2048"], feature_extractor_weights_path=str(path))
+    except Exception as err:
+        raise MissingWeightsError(f"the file downloaded from {WEIGHTS_URL} is not {WEIGHTS_FILENAME} "
+                                  f"({type(err).__name__}: {err}); nothing was saved") from None
+
+
+def fetch_inception_weights(dest: Optional[str | os.PathLike] = None, timeout_s: float = 60.0) -> Path:
+    """Downloads the Inception weights to `dest` (a file or a directory) or the torch hub cache.
+
+    Written to a temporary file next to the target, checked by loading it into the architecture, then
+    renamed into place, so a failed or partial download never leaves a file that looks valid.
+    Already present: returns the path without downloading.
+    """
+    target = _configured_path(dest) or hub_weights_path()
+    if target.is_file():
+        logger.info("%s already present", target)
+        return target
+    logger.info("downloading %s\n  -> %s", WEIGHTS_URL, target)
+    sha = hashlib.sha256()
+    with urllib.request.urlopen(WEIGHTS_URL, timeout=timeout_s) as resp:  # no network: fails before any write
+        target.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=".pth", dir=target.parent)
+        try:
+            with os.fdopen(fd, "wb") as out:
+                while True:
+                    chunk = resp.read(1 << 20)
+                    if not chunk:
+                        break
+                    sha.update(chunk)
+                    out.write(chunk)
+            _check_weights_file(Path(tmp))
+            os.replace(tmp, target)
+        except BaseException:
+            Path(tmp).unlink(missing_ok=True)
+            raise
+    logger.info("saved %s (%.1f MiB, sha256 %s...)", target, target.stat().st_size / 2**20, sha.hexdigest()[:16])
+    return target
+
+
+def resolve_inception_weights(path: Optional[str | os.PathLike] = None, download: bool = False) -> Path:
+    """The local weights file, fetching it first if `download` and a network allows; else MissingWeightsError."""
+    found = find_inception_weights(path)
+    if found is not None:
+        return found
+    reason = None
+    if download:
+        try:
+            return fetch_inception_weights(path, timeout_s=30.0)
+        except Exception as err:  # no network, proxy, HTTP error, corrupt file
+            reason = f"{type(err).__name__}: {err}"
+    raise MissingWeightsError(missing_weights_message(path, reason))
+
+
+class InceptionFeatures(nn.Module):
+    """torch-fidelity InceptionV3 via torchmetrics' NoTrainInceptionV3, antialias=False.
+
+    ``forward(uint8 [N,3,H,W]) -> [N, num_features]`` pool features (usable as ``feature=`` in torchmetrics);
+    :meth:`extract` returns the pool features and the IS logits (``logits_unbiased``) from one pass.
+    Grayscale images are repeated to three channels.
+    """
+
+    def __init__(self, weights_path: str | os.PathLike, fid_feature: str = "2048"):
+        super().__init__()
+        from torchmetrics.image.fid import NoTrainInceptionV3
+
+        kwargs = {}
+        if "antialias" in inspect.signature(NoTrainInceptionV3.__init__).parameters:
+            kwargs["antialias"] = False
+        self.net = NoTrainInceptionV3(name="inception-v3-compat", features_list=[fid_feature, INCEPTION_IS_FEATURE],
+                                      feature_extractor_weights_path=str(weights_path), **kwargs)
+        self.num_features = int(fid_feature)
+        self.num_logits = 1008
+        self.weights_path = str(weights_path)
+        self.requires_grad_(False)
+
+    def train(self, mode: bool = True):
+        return super().train(False)
+
+    @staticmethod
+    def _prepare(x: torch.Tensor) -> torch.Tensor:
+        if x.dtype != torch.uint8:
+            raise TypeError("Inception features expect uint8 images in [0, 255]")
+        return x.expand(-1, 3, -1, -1) if x.shape[1] == 1 else x
+
+    @torch.no_grad()
+    def extract(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        pool, logits = self.net._torch_fidelity_forward(self._prepare(x))
+        return pool.reshape(len(x), -1).float(), logits.reshape(len(x), -1).float()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.extract(x)[0]
+
+
+
+def main(argv: Optional[list[str]] = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m metrics.inception", description=__doc__.split("\n\n")[0])
+    sub = parser.add_subparsers(dest="cmd", required=True)
+    f = sub.add_parser("fetch", help=f"download {WEIGHTS_FILENAME} (needs a network)")
+    f.add_argument("--dest", default=None,
+                   help=f"file or directory to save to (default: the torch hub cache, {hub_weights_path()})")
+    f.add_argument("--timeout", type=float, default=60.0)
+    w = sub.add_parser("where", help="print where the weights are looked for and whether they are present")
+    w.add_argument("--path", default=None, help="a configured metrics.feature_extractor_weights_path")
+    args = parser.parse_args(argv)
+    from core.logs import configure
+
+    configure()
+    if args.cmd == "fetch":
+        try:
+            fetch_inception_weights(args.dest, timeout_s=args.timeout)
+        except Exception as err:
+            target = _configured_path(args.dest) or hub_weights_path()
+            print(f"could not download {WEIGHTS_FILENAME} ({type(err).__name__}: {err}).\n"
+                  f"  Download {WEIGHTS_URL}\n  where a network exists and copy it to {target}\n"
+                  f"  (or to any path named by metrics.feature_extractor_weights_path).", file=sys.stderr)
+            return 1
+        return 0
+    found = find_inception_weights(args.path)
+    print(f"looked at: {_configured_path(args.path) or hub_weights_path()}")
+    print(f"present: {found is not None}")
+    return 0 if found is not None else 1
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
