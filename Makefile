@@ -5,7 +5,7 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed-stamp
 ARGS   ?=
 
-.PHONY: venv demo test bench scaling-sweep fetch-weights clean-runs
+.PHONY: venv demo test test-fast bench scaling-sweep fetch-weights clean-runs
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -19,6 +19,9 @@ demo: $(STAMP)  ## train all 10 digit labels (~2 min budget), score them, write 
 
 test: $(STAMP)  ## the test suite (real local Ray, CPU only, no network)
 	$(BIN)/python -m pytest $(ARGS)
+
+test-fast: $(STAMP)  ## unit tests only (no Ray started), about a minute
+	$(BIN)/python -m pytest -m "not e2e" $(ARGS)
 
 bench: $(STAMP)  ## throughput ratio vs a bare loop, start-up latency, placement at 10/100/1000 labels
 	$(BIN)/python bench/throughput.py
@@ -37,4 +40,4 @@ clean-runs:
 # on a login node. DEST=file-or-directory (default: the torch hub cache, torch.hub.get_dir()/checkpoints/).
 DEST ?=
 fetch-weights: $(STAMP)  ## download weights-inception-2015-12-05-6726825d.pth (or DEST=path)
-	$(BIN)/python -m metrics.features fetch $(if $(DEST),--dest $(DEST))
+	$(BIN)/python -m metrics.inception fetch $(if $(DEST),--dest $(DEST))
