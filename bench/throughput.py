@@ -24,7 +24,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from core.config import load_config  # noqa: E402
 from orchestrator.run import train  # noqa: E402
 from workers.data import load_label  # noqa: E402
-from workers.gan import WGANGP, pick_device  # noqa: E402
+from workers.gan import WGANGP, pick_device, use_fast_fixed_shape_kernels  # noqa: E402
 
 LABEL = 3
 
@@ -41,7 +41,9 @@ def bare_loop(cfg, seconds: float) -> float:
     """Generator steps/s of the same training step with no Ray in the way."""
     torch.set_num_threads(1)
     images = load_label(cfg.dataset, LABEL, "train")
-    gan = WGANGP.build(cfg.model, cfg.train, images, pick_device(), seed=cfg.train.seed * 1000 + LABEL)
+    device = pick_device()
+    use_fast_fixed_shape_kernels(device)  # as the label actor does
+    gan = WGANGP.build(cfg.model, cfg.train, images, device, seed=cfg.train.seed * 1000 + LABEL)
     gan.step()  # warm-up, as the actor's set-up is not counted either
     gan.generator_steps = 0
     t0 = time.monotonic()

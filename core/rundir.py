@@ -34,8 +34,12 @@ HISTORY_FIELDS = ("step", "elapsed_s", "critic_loss", "generator_loss", "wassers
 
 # ------------------------------------------------------------------ atomic writes
 
-def atomic_write(path: str | os.PathLike, write: Callable[[IO[bytes]], None]) -> Path:
-    """Call `write(f)` on a temporary file beside `path`, then rename it into place."""
+def atomic_write(path: str | os.PathLike, write: Callable[[IO[bytes]], None],
+                 check: Optional[Callable[[Path], None]] = None) -> Path:
+    """Call `write(f)` on a temporary file beside `path`, then rename it into place.
+
+    `check(tmp_path)`, if given, runs on the complete temporary file and may raise to refuse it
+    (nothing is then left behind)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=path.suffix, dir=path.parent)
@@ -44,6 +48,8 @@ def atomic_write(path: str | os.PathLike, write: Callable[[IO[bytes]], None]) ->
             write(f)
             f.flush()
             os.fsync(f.fileno())
+        if check is not None:
+            check(Path(tmp))
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)

@@ -22,7 +22,7 @@ import torch
 from torch import nn
 
 from core.config import DatasetConfig
-from core.rundir import save_checkpoint
+from core.rundir import load_checkpoint, save_checkpoint
 from workers.data import describe, load_split
 
 logger = logging.getLogger(__name__)
@@ -261,7 +261,7 @@ def get_classifier(dataset_cfg: DatasetConfig, storage: str | os.PathLike, image
     meta = _classifier_meta(dataset_cfg, image_size, max_per_label)
     if path.is_file() and not retrain:
         try:
-            blob = torch.load(path, map_location="cpu", weights_only=True)
+            blob = load_checkpoint(path)
         except Exception as err:  # truncated by a crash before the atomic rename existed, or foreign
             logger.warning("ignoring unreadable classifier cache %s (%s); retraining", path, err)
             blob = None

@@ -8,7 +8,7 @@ from typing import Sequence
 import torch
 from torchvision.utils import save_image
 
-from core.rundir import RunDir
+from core.rundir import RunDir, atomic_write
 from workers.sampler import Sampler
 
 MAX_GRID_LABELS = 20
@@ -33,10 +33,8 @@ def save_sample_grid(sampler, labels: Sequence[int], path: str | Path, per_label
     if images.shape[-1] < upscale_to:
         factor = -(-upscale_to // images.shape[-1])
         images = torch.nn.functional.interpolate(images, scale_factor=factor, mode="nearest")
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    save_image(images, path, nrow=per_label, padding=2, pad_value=0.5)
-    return path
+    return atomic_write(path, lambda f: save_image(images, f, format="png", nrow=per_label, padding=2,
+                                                   pad_value=0.5))
 
 
 def save_run_grid(run: RunDir, per_label: int = 10) -> Path:

@@ -17,7 +17,6 @@ import inspect
 import logging
 import os
 import sys
-import tempfile
 import urllib.request
 from pathlib import Path
 from typing import Optional
@@ -26,8 +25,9 @@ import torch
 from torch import nn
 
 from core.errors import MissingWeightsError
+from core.rundir import atomic_write
 
-logger = logging.getLogger(__name__)
+logger = logging.getLogger("metrics.inception")  # also when run as __main__
 
 WEIGHTS_FILENAME = "weights-inception-2015-12-05-6726825d.pth"
 WEIGHTS_URL = "https://github.com/toshas/torch-fidelity/releases/download/v0.2.0/" + WEIGHTS_FILENAME
@@ -101,22 +101,13 @@ def fetch_inception_weights(dest: Optional[str | os.PathLike] = None, timeout_s:
         return target
     logger.info("downloading %s\n  -> %s", WEIGHTS_URL, target)
     sha = hashlib.sha256()
+    def copy(out) -> None:
+        while chunk := resp.read(1 << 20):
+            sha.update(chunk)
+            out.write(chunk)
+
     with urllib.request.urlopen(WEIGHTS_URL, timeout=timeout_s) as resp:  # no network: fails before any write
-        target.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=".pth", dir=target.parent)
-        try:
-            with os.fdopen(fd, "wb") as out:
-                while True:
-                    chunk = resp.read(1 << 20)
-                    if not chunk:
-                        break
-                    sha.update(chunk)
-                    out.write(chunk)
-            _check_weights_file(Path(tmp))
-            os.replace(tmp, target)
-        except BaseException:
-            Path(tmp).unlink(missing_ok=True)
-            raise
+        atomic_write(target, copy, check=_check_weights_file)
     logger.info("saved %s (%.1f MiB, sha256 %s...)", target, target.stat().st_size / 2**20, sha.hexdigest()[:16])
     return target
 

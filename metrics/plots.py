@@ -12,17 +12,17 @@ import matplotlib.pyplot as plt  # noqa: E402
 import pandas as pd  # noqa: E402
 
 from core.fmt import isnan  # noqa: E402
+from core.rundir import RunDir, atomic_write  # noqa: E402
 from metrics.results import read_results, rows, value  # noqa: E402
 
 
 def save_figure(fig, path: str | Path, dpi: int = 110) -> Path:
-    """tight_layout, create the folder, save, close: every PNG of a run is written the same way."""
+    """tight_layout, save atomically as PNG, close: every plot is written the same way."""
     fig.tight_layout()
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=dpi)
-    plt.close(fig)
-    return path
+    try:
+        return atomic_write(path, lambda f: fig.savefig(f, format="png", dpi=dpi))
+    finally:
+        plt.close(fig)
 
 
 def space_label(feature_space: str, classifier_accuracy: Optional[float] = None) -> str:
@@ -149,13 +149,38 @@ def plot_fid_vs_time(results: Mapping[str, Optional[pd.DataFrame]], path: Path) 
     return save_figure(fig, path)
 
 
+def plot_efficiency(rows: list[dict], path: Path, title: str) -> Optional[Path]:
+    """Scaling efficiency against the number of workers, one point per finished sweep point."""
+    ok = sorted((r for r in rows if r.get("efficiency") is not None), key=lambda r: r["n_workers"])
+    if not ok:
+        return None
+    ns = [r["n_workers"] for r in ok]
+    eff = [r["efficiency"] for r in ok]
+    fig, ax = plt.subplots(figsize=(6, 4))
+    ax.axhline(1.0, color="grey", linestyle="--", linewidth=1, label="ideal")
+    ax.plot(ns, eff, marker="o", label="measured (images/s)")
+    for n, e in zip(ns, eff):
+        ax.annotate(f"{e:.2f}", (n, e), textcoords="offset points", xytext=(0, 6), ha="center", fontsize=8)
+    if ns[-1] / ns[0] >= 8:
+        ax.set_xscale("log", base=2)
+    ax.set_xticks(ns)
+    ax.set_xticklabels([str(n) for n in ns])
+    ax.set_xlabel("workers N")
+    ax.set_ylabel(f"efficiency vs N={ok[0]['baseline_n']}")
+    ax.set_ylim(0, max(1.1, max(eff) * 1.15))
+    ax.set_title(title, fontsize=10)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    return save_figure(fig, path, dpi=120)
+
+
 def make_plots(run_dir: str | Path) -> dict[str, Path]:
     """All plots of a run from its results.csv / per_label.csv, under run_dir/plots/."""
-    run_dir = Path(run_dir)
     out: dict[str, Path] = {}
-    results, per_label_path = read_results(run_dir / "results.csv"), run_dir / "per_label.csv"
+    run = RunDir(run_dir)
+    results, per_label_path = read_results(run.results_csv), run.per_label_csv
     if results is not None:
-        p = plot_scores_over_time(results, run_dir / "plots" / "fid_over_time.png")
+        p = plot_scores_over_time(results, run.plots / "fid_over_time.png")
         if p:
             out["fid_over_time"] = p
     if per_label_path.is_file() and per_label_path.stat().st_size > 1:
@@ -163,7 +188,7 @@ def make_plots(run_dir: str | Path) -> dict[str, Path]:
             per_label = pd.read_csv(per_label_path)
         except pd.errors.EmptyDataError:
             per_label = pd.DataFrame()
-        p = plot_per_class(per_label, run_dir / "plots" / "per_class_fid.png")
+        p = plot_per_class(per_label, run.plots / "per_class_fid.png")
         if p:
             out["per_class_fid"] = p
     return out

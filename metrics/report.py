@@ -167,25 +167,25 @@ def _space_banner(meta: dict, results: Optional[pd.DataFrame]) -> list[str]:
 
 def render_report(run_dir: str | os.PathLike) -> Path:
     """(Re)writes run_dir/report.md and the plots from the files in the run directory; returns the report path."""
-    run_dir = Path(run_dir)
-    results = read_results(run_dir / "results.csv")
-    per_label = _read_csv(run_dir / "per_label.csv")
-    summary = _read_csv(run_dir / "summary.csv")
+    run = RunDir(run_dir)
+    results = read_results(run.results_csv)
+    per_label = _read_csv(run.per_label_csv)
+    summary = _read_csv(run.summary_csv)
     meta = {}
-    if (run_dir / "metrics.json").is_file():
+    if run.metrics_json.is_file():
         try:
-            meta = json.loads((run_dir / "metrics.json").read_text())
+            meta = json.loads(run.metrics_json.read_text())
         except json.JSONDecodeError:
             meta = {}
     cfg = None
-    if (run_dir / "config.yaml").is_file():
+    if run.config.is_file():
         try:
-            cfg = load_config(run_dir / "config.yaml")
+            cfg = load_config(run.config)
         except Exception:
             cfg = None
-    plots = make_plots(run_dir)
+    plots = make_plots(run.path)
 
-    lines = [f"# wcgan run `{run_dir.name}`", ""]
+    lines = [f"# wcgan run `{run.path.name}`", ""]
     if cfg is not None:
         labels = meta.get("labels") or cfg.dataset.labels
         n_labels = len(labels) if isinstance(labels, list) else "all"
@@ -196,7 +196,7 @@ def render_report(run_dir: str | os.PathLike) -> Path:
     lines += _space_banner(meta, results)
     lines.append("")
     if results is None or results.empty:
-        lines += ["Not scored yet: run `wcgan evaluate --run " + str(run_dir) + "`.", ""]
+        lines += [f"Not scored yet: run `wcgan evaluate --run {run.path}`.", ""]
     else:
         lines += _headline(results, meta) + [""]
         lines += ["FID depends on the number of samples (it is biased upwards for small n): compare figures only "
@@ -219,7 +219,7 @@ def render_report(run_dir: str | os.PathLike) -> Path:
     elif summary is not None and not summary.empty:
         lines += ["## Training summary", "",
                   fmt.markdown_table(list(summary.columns), [[str(v) for v in r] for r in summary.itertuples(index=False)]), ""]
-    if (run_dir / "samples" / "grid.png").is_file():
+    if run.grid.is_file():
         lines += ["## Samples", "", "One row per label (generator k in row k).", "",
                   "![samples, one row per label](samples/grid.png)", ""]
     lines += ["## Files", "",
@@ -230,4 +230,4 @@ def render_report(run_dir: str | os.PathLike) -> Path:
               "- `summary.csv`: training summary per label; `labels/<k>/history.csv`: training curves",
               "- `metrics.json`: how the scores were computed (feature space, classifier, seeds, sample counts)",
               ""]
-    return write_text(RunDir(run_dir).report, "\n".join(lines))
+    return write_text(run.report, "\n".join(lines))

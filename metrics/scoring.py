@@ -60,19 +60,22 @@ class _EvalState:
 
 
 class _Samplers:
-    """The sampler of (checkpoint, label), built on demand. An ensemble member is used for one label
-    and dropped; a baseline's conditional generator serves every label, so it is kept."""
+    """The sampler of a checkpoint, built on demand. An ensemble member serves one label and is
+    dropped; a baseline's conditional generator serves every label, so the few most recent are
+    kept (one per evaluation scored for the current label)."""
 
-    def __init__(self, device: torch.device):
-        self.device = device
+    def __init__(self, device: torch.device, keep: int = 2):
+        self.device, self.keep = device, keep
         self.kept: dict[Path, Sampler] = {}
 
-    def get(self, path: Path, label: int) -> Sampler:
+    def get(self, path: Path) -> Sampler:
         if path in self.kept:
             return self.kept[path]
         sampler = Sampler.from_checkpoint(path, self.device)
         if sampler.conditional:
             self.kept[path] = sampler
+            while len(self.kept) > self.keep:
+                self.kept.pop(next(iter(self.kept)))
         return sampler
 
 
@@ -110,7 +113,7 @@ def score_evaluations(space, dataset_cfg, labels: Sequence[int], image_size: int
     floor_per_label: dict[int, dict] = {}
     states = [_EvalState(ev, GaussianStats(dim), StreamingInceptionScore(n_fake_total, is_splits, seed),
                          Reservoir(kid_max_samples, seed + 3)) for ev in evaluations]
-    samplers = _Samplers(space.device)
+    samplers = _Samplers(space.device, keep=max(2, len(evaluations)))
 
     for i, k in enumerate(labels):
         train = load_label(dataset_cfg, k, "train", image_size)
@@ -143,7 +146,7 @@ def score_evaluations(space, dataset_cfg, labels: Sequence[int], image_size: int
             if path not in cache:
                 cache.clear()
                 parts: dict[str, list[torch.Tensor]] = {}
-                for imgs in sample_label(samplers.get(path, k), k, samples_per_label, seed, batch_size):
+                for imgs in sample_label(samplers.get(path), k, samples_per_label, seed, batch_size):
                     for name, v in space.extract(imgs).items():
                         parts.setdefault(name, []).append(v)
                 cache[path] = {name: torch.cat(v) for name, v in parts.items()}

@@ -7,6 +7,7 @@ imported when the command runs, so `wcgan --help` and `wcgan status` do not load
 from __future__ import annotations
 
 import argparse
+import functools
 import logging
 import sys
 from pathlib import Path
@@ -98,20 +99,28 @@ def cmd_status(args) -> int:
     return cmd_status(args)
 
 
+def _add_verbosity(p: argparse.ArgumentParser, default) -> None:
+    group = p.add_mutually_exclusive_group()
+    group.add_argument("-q", "--quiet", action="store_true", default=default, help="print warnings and errors only")
+    group.add_argument("-v", "--verbose", action="store_true", default=default, help="print debug messages too")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="wcgan", description=__doc__)
-    verbosity = parser.add_mutually_exclusive_group()
-    verbosity.add_argument("-q", "--quiet", action="store_true", help="print warnings and errors only")
-    verbosity.add_argument("-v", "--verbose", action="store_true", help="print debug messages too")
+    _add_verbosity(parser, default=False)
+    # -q/-v also after the command (`wcgan train -q`); SUPPRESS keeps a flag given before it.
+    verbosity = argparse.ArgumentParser(add_help=False)
+    _add_verbosity(verbosity, default=argparse.SUPPRESS)
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    add_parser = functools.partial(sub.add_parser, parents=[verbosity])
 
-    p = sub.add_parser("train", help="train one generator per label on Ray, then score the ensemble")
+    p = add_parser("train", help="train one generator per label on Ray, then score the ensemble")
     add_config_args(p)
     p.add_argument("--address", default=None, help="Ray cluster address (default: $RAY_ADDRESS, else a local Ray)")
     p.add_argument("--no-eval", action="store_true", help="skip the metrics at the end (grid and summary only)")
     p.set_defaults(func=cmd_train)
 
-    p = sub.add_parser("sample", help="sample images from a trained run (label k -> generator k)")
+    p = add_parser("sample", help="sample images from a trained run (label k -> generator k)")
     p.add_argument("--run", required=True, help="run directory, e.g. runs/digits-20261125-120000")
     p.add_argument("--label", default=None, help="label or comma-separated labels (default: all)")
     p.add_argument("--n", type=int, default=8, help="samples per label (default 8)")
@@ -119,15 +128,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0)
     p.set_defaults(func=cmd_sample)
 
-    p = sub.add_parser("evaluate", help="recompute metrics of a run from its checkpoints")
+    p = add_parser("evaluate", help="recompute metrics of a run from its checkpoints")
     p.add_argument("--run", required=True)
     p.set_defaults(func=cmd_evaluate)
 
-    p = sub.add_parser("report", help="re-render report.md and plots of a run from results.csv")
+    p = add_parser("report", help="re-render report.md and plots of a run from results.csv")
     p.add_argument("--run", required=True)
     p.set_defaults(func=cmd_report)
 
-    p = sub.add_parser(
+    p = add_parser(
         "compare", help="train the per-label ensemble and a data-parallel conditional GAN under the same "
                         "budget and devices, score both, write a side-by-side report")
     add_config_args(p)
@@ -135,7 +144,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-eval", action="store_true", help="train both but skip scoring (throughput columns only)")
     p.set_defaults(func=cmd_compare)
 
-    p = sub.add_parser(
+    p = add_parser(
         "sweep", help="weak/strong scaling sweep: one Ray job per point -> scaling.csv, scaling.png",
         description="Weak or strong scaling sweep, one Ray job of `python -m orchestrator train` per point, "
                     "each with a fixed number of generator steps per label. weak: N labels on N workers; "
@@ -173,7 +182,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="print job status changes only, not the jobs' output")
     p.set_defaults(func=cmd_sweep)
 
-    p = sub.add_parser(
+    p = add_parser(
         "status", help="live table of the per-label actors of running runs (Ray state API)",
         description="List the per-label actors (wcgan/<run>/label-<k>) of the runs going on in a Ray "
                     "cluster, with each label's step, budget left, images/s and state.")

@@ -41,8 +41,8 @@ class ResourcePlan:
         return max(1, int(self.cpus_per_label))
 
     def describe(self) -> str:
-        gpu = f"{self.gpus_per_label:g} GPU + " if self.gpus_per_label else ""
-        return f"{self.n_labels} label actors x ({gpu}{self.cpus_per_label:g} CPU), placement {self.strategy}"
+        return f"{self.n_labels} label actors x ({fmt_resources(self.gpus_per_label, self.cpus_per_label)}), " \
+               f"placement {self.strategy}"
 
 
 def floor_share(x: float) -> float:
@@ -189,12 +189,12 @@ def plan_baseline(plan: ResourcePlan) -> BaselinePlan:
 
 
 def check_workers_fit(num_workers: int, resources_per_worker: dict, nodes: list[dict[str, float]],
-                      what: str = "baseline: Ray Train workers") -> None:
+                      what: str = "Ray Train workers") -> None:
     """Fail fast: a Ray Train worker group that does not fit waits for resources forever."""
     gpus = float(resources_per_worker.get("GPU", 0.0))
     cpus = float(resources_per_worker.get("CPU", 1.0))
     fits = bundles_that_fit(nodes, gpus, cpus)
     if fits < num_workers:
         total = fmt_resources(sum(float(n.get("GPU", 0)) for n in nodes), sum(float(n.get("CPU", 0)) for n in nodes))
-        raise PlacementError(f"cannot place {num_workers} {what} x ({fmt_resources(gpus, cpus)}); only {fits} fit "
+        raise PlacementError(f"baseline: cannot place {num_workers} {what} x ({fmt_resources(gpus, cpus)}); only {fits} fit "
                              f"on this cluster ({total} on {len(nodes)} node(s))")

@@ -40,6 +40,8 @@ import pandas as pd
 
 from core.config import Config, load_config
 from core.errors import ConfigError, DataError, JobError
+from core.rundir import write_csv
+from metrics.plots import plot_efficiency
 from orchestrator import jobs
 from orchestrator.args import config_path
 from orchestrator.local_head import LocalHead
@@ -190,40 +192,8 @@ def add_efficiency(rows: list[dict], mode: str) -> list[dict]:
     return rows
 
 
-def write_csv(rows: list[dict], path: Path) -> Path:
-    pd.DataFrame(rows, columns=CSV_COLUMNS).to_csv(path, index=False)
-    return path
-
-
-def plot_efficiency(rows: list[dict], path: Path, title: str) -> Optional[Path]:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    ok = sorted((r for r in rows if r.get("efficiency") is not None), key=lambda r: r["n_workers"])
-    if not ok:
-        return None
-    ns = [r["n_workers"] for r in ok]
-    eff = [r["efficiency"] for r in ok]
-    fig, ax = plt.subplots(figsize=(6, 4))
-    ax.axhline(1.0, color="grey", linestyle="--", linewidth=1, label="ideal")
-    ax.plot(ns, eff, marker="o", label="measured (images/s)")
-    for n, e in zip(ns, eff):
-        ax.annotate(f"{e:.2f}", (n, e), textcoords="offset points", xytext=(0, 6), ha="center", fontsize=8)
-    if ns[-1] / ns[0] >= 8:
-        ax.set_xscale("log", base=2)
-    ax.set_xticks(ns)
-    ax.set_xticklabels([str(n) for n in ns])
-    ax.set_xlabel("workers N")
-    ax.set_ylabel(f"efficiency vs N={ok[0]['baseline_n']}")
-    ax.set_ylim(0, max(1.1, max(eff) * 1.15))
-    ax.set_title(title, fontsize=10)
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=8)
-    from metrics.plots import save_figure
-
-    return save_figure(fig, path, dpi=120)
+def write_scaling_csv(rows: list[dict], path: Path) -> Path:
+    return write_csv(pd.DataFrame(rows, columns=CSV_COLUMNS), path)
 
 
 # ------------------------------------------------------------------------------------ the sweep
@@ -304,7 +274,7 @@ def run_sweep(args) -> tuple[list[dict], Path]:
                 row["job_wall_s"] = jobs.job_wall_s(info)
             except JobError as err:
                 status, info = "TIMEOUT", None
-                logger.info(f"{tag}: {err}")
+                logger.warning(f"{tag}: {err}")
             except KeyboardInterrupt:
                 logger.info(f"{tag}: interrupted; stopping job {submission_id}")
                 try:
@@ -317,18 +287,18 @@ def run_sweep(args) -> tuple[list[dict], Path]:
             if status == "SUCCEEDED":
                 if not summary_path.is_file():
                     row["status"] = "NO_SUMMARY"
-                    logger.info(f"{tag}: the job succeeded but {summary_path} is not here: --storage must be a file "
+                    logger.warning(f"{tag}: the job succeeded but {summary_path} is not here: --storage must be a file "
                         f"system shared by the cluster's nodes and this machine")
                 else:
                     row.update(point_result(args.mode, point, pd.read_csv(summary_path), args.steps))
             else:
                 try:
-                    logger.info(f"{tag}: job {status}; last lines of its log:\n" + jobs.tail(jobs.logs(client, submission_id)))
+                    logger.warning(f"{tag}: job {status}; last lines of its log:\n" + jobs.tail(jobs.logs(client, submission_id)))
                 except Exception:
                     pass
             rows.append(row)
             add_efficiency(rows, args.mode)
-            write_csv(rows, out / "scaling.csv")
+            write_scaling_csv(rows, out / "scaling.csv")
             if row["status"] == "SUCCEEDED":
                 logger.info(f"{tag}: done: training {row['train_wall_s']:.1f}s (job {row.get('job_wall_s') or 0:.1f}s), "
                     f"{row['images_per_s_per_worker']:.0f} images/s per worker, efficiency {row['efficiency']:.3f}")

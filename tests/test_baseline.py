@@ -89,7 +89,7 @@ def test_baseline_sampler_routes_labels(baseline_run):
 
     _, run_dir, _ = baseline_run
     s = load_sampler(run_dir)
-    assert s.conditional and s.kind == "baseline" and s.labels == [0, 1, 2]
+    assert s.conditional and s.labels == [0, 1, 2]
     generator = s.generators[0]
     assert all(g is generator for g in s.generators.values())  # one conditional network for every label
     wanted = [2, 0, 1, 0, 2, 1]

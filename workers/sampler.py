@@ -38,10 +38,6 @@ class Sampler:
     def labels(self) -> list[int]:
         return sorted(self.generators)
 
-    @property
-    def kind(self) -> str:
-        return "baseline" if self.conditional else "ensemble"
-
     # ------------------------------------------------------------------ building
 
     @classmethod
@@ -119,13 +115,12 @@ def _load_generator(path: Path) -> tuple[nn.Module, int, bool, list[int]]:
     return generator, model_cfg.z_dim, num_classes is not None, labels
 
 
-def load_sampler(run_dir: str | Path, device: str | torch.device = "cpu",
-                 labels: Optional[Sequence[int]] = None) -> Sampler:
+def load_sampler(run_dir: str | Path, device: str | torch.device = "cpu") -> Sampler:
     """The latest model of a run, whichever kind it is (FileNotFoundError when it has none)."""
     run = RunDir(run_dir)
     if not run.path.is_dir():
         raise FileNotFoundError(f"run directory not found: {run.path}")
-    latest = run.latest_by_label(labels)
+    latest = run.latest_by_label()
     if not latest:
         raise FileNotFoundError(f"{run.path}: no checkpoints under labels/*/ckpt-*.pt or baseline/ckpt-*.pt")
     return Sampler.from_checkpoints(latest, device)
