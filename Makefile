@@ -5,7 +5,7 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed-stamp
 ARGS   ?=
 
-.PHONY: venv demo test test-fast bench scaling-sweep fetch-weights clean-runs
+.PHONY: venv demo test test-fast chaos bench scaling-sweep fetch-weights clean-runs
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -22,6 +22,10 @@ test: $(STAMP)  ## the test suite (real local Ray, CPU only, no network)
 
 test-fast: $(STAMP)  ## unit tests only (no Ray started), about a minute
 	$(BIN)/python -m pytest -m "not e2e" $(ARGS)
+
+KILLS ?= 10
+chaos: $(STAMP)  ## a digits run under KILLS label-actor kills, a collector kill and a driver kill; checks nothing was lost
+	$(BIN)/python -m orchestrator.chaos --kills $(KILLS) $(ARGS)
 
 bench: $(STAMP)  ## throughput ratio vs a bare loop, start-up latency, placement at 10/100/1000 labels
 	$(BIN)/python bench/throughput.py

@@ -6,6 +6,7 @@ that names the field instead of a silently ignored setting.
 
 from __future__ import annotations
 
+import difflib
 import re
 from pathlib import Path
 from typing import Any, Literal, Optional, Union
@@ -29,8 +30,12 @@ class RunConfig(_Section):
     @field_validator("name", "id")
     @classmethod
     def _safe_name(cls, v):
+        # One path component: no '/', no leading '.', so never '..' or a hidden directory.
         if v is not None and not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._-]*", v):
-            raise ValueError("use letters, digits, '.', '_' or '-' (it names a directory and Ray actors)")
+            raise ValueError("use letters, digits, '.', '_' or '-', starting with a letter or digit "
+                             "(it names a directory and Ray actors)")
+        if v is not None and len(v) > 100:
+            raise ValueError("at most 100 characters (it names a directory)")
         return v
 
 
@@ -77,6 +82,11 @@ class TrainConfig(_Section):
     # None keeps every checkpoint (the collector scores them over time); N keeps the newest N.
     keep_checkpoints: Optional[int] = Field(default=None, ge=1)
     log_every_s: float = Field(default=5.0, gt=0)
+    # The driver gives up on a label budget_s + deadline_grace_s after the labels started (start-up,
+    # checkpoints and restarts are paid from the grace), and restarts a label that reported no
+    # progress for stall_timeout_s (default: 12 log intervals, at least 60 s).
+    deadline_grace_s: float = Field(default=600.0, gt=0)
+    stall_timeout_s: Optional[float] = Field(default=None, gt=0)
     seed: int = 0
     # bf16 autocast on CUDA; ignored on CPU.
     amp: bool = True
@@ -156,12 +166,17 @@ def _parse_value(text: str) -> Any:
 def apply_overrides(raw: dict, overrides: list[str]) -> dict:
     for item in overrides:
         key, sep, value = item.partition("=")
+        key = key.strip()
         if not sep or not key:
             raise ConfigError(f"--set {item!r}: expected key=value, e.g. train.budget_s=60")
-        node = raw
         parts = key.split(".")
+        if not all(parts):
+            raise ConfigError(f"--set {item!r}: empty part in the key; use a dotted key like train.budget_s=60")
+        node = raw
         for part in parts[:-1]:
             child = node.setdefault(part, {})
+            if child is None:  # an empty section in the file
+                child = node[part] = {}
             if not isinstance(child, dict):
                 raise ConfigError(f"--set {key}: '{part}' is not a section")
             node = child
@@ -169,37 +184,104 @@ def apply_overrides(raw: dict, overrides: list[str]) -> dict:
     return raw
 
 
+def _section_fields(loc: tuple) -> list[str]:
+    """Keys allowed where an unknown key was found (for a 'did you mean' hint)."""
+    model: Any = Config
+    for part in loc:
+        field = getattr(model, "model_fields", {}).get(part)
+        if field is None:
+            break
+        model = field.annotation
+    return list(getattr(model, "model_fields", {}))
+
+
+def _format_error(e: dict) -> str:
+    loc = tuple(p for p in e["loc"] if not str(p).startswith(("literal[", "float", "function", "list[")))
+    field = ".".join(str(p) for p in loc)
+    if e["type"] == "extra_forbidden":
+        close = [".".join([*map(str, loc[:-1]), k])
+                 for k in difflib.get_close_matches(str(loc[-1]), _section_fields(loc[:-1]), n=1)]
+        if not close and len(loc) == 1:  # a key without its section: `--set budget_s=60`
+            close = [f"{s}.{loc[0]}" for s in Config.model_fields if loc[0] in _section_fields((s,))]
+        hint = f"; did you mean {close[0]}?" if close else ""
+        return f"{field}: unknown key (got {e.get('input')!r}){hint}"
+    if e["type"] == "model_type":  # a scalar where a section belongs: `--set train=5`
+        keys = _section_fields(loc)
+        example = f", e.g. {field}.{keys[0]}" if keys else ""
+        return f"{field}: is a section, not a value: set one of its keys{example} (got {e.get('input')!r})"
+    msg = e["msg"].removeprefix("Value error, ")
+    return f"{field}: {msg}" if e["type"] == "missing" else f"{field}: {msg} (got {e.get('input')!r})"
+
+
 def _format_errors(err: ValidationError, source: str) -> str:
-    lines = [f"invalid config ({source}):"]
-    for e in err.errors():
-        field = ".".join(str(p) for p in e["loc"] if not str(p).startswith(("literal[", "float", "function")))
-        msg = e["msg"]
-        if e["type"] == "extra_forbidden":
-            msg = "unknown key"
-        lines.append(f"  {field}: {msg} (got {e.get('input')!r})" if e["type"] != "missing" else f"  {field}: {msg}")
-    return "\n".join(lines)
+    return "\n".join([f"invalid config ({source}):"] + [f"  {_format_error(e)}" for e in err.errors()])
 
 
 def validate(raw: dict, source: str = "config") -> Config:
+    # A section whose keys are all commented out (`metrics:` alone) is empty, not an error.
+    raw = {k: ({} if v is None and k in Config.model_fields else v) for k, v in raw.items()}
     try:
         return Config.model_validate(raw)
     except ValidationError as err:
         raise ConfigError(_format_errors(err, source)) from None
 
 
+class _UniqueKeyLoader(yaml.SafeLoader):
+    """YAML's safe loader, but a key given twice in one mapping is an error: plain YAML keeps
+    the last one silently, so `budget_s` written twice would hide which value the run used."""
+
+    def construct_mapping(self, node, deep=False):
+        seen: dict = {}
+        for key_node, _ in node.value:
+            if key_node.tag == "tag:yaml.org,2002:merge":
+                continue
+            key = self.construct_object(key_node)
+            try:
+                first = seen.setdefault(key, key_node.start_mark)
+            except TypeError:  # an unhashable key: the base class reports it
+                continue
+            if first is not key_node.start_mark:
+                raise yaml.constructor.ConstructorError(
+                    None, None, f"key {key!r} appears twice (first at line {first.line + 1}); keep one",
+                    key_node.start_mark)
+        return super().construct_mapping(node, deep)
+
+
+def _read_yaml(path: Path) -> dict:
+    """The file's top-level mapping, or a ConfigError that names the file and says what is wrong."""
+    if path.is_dir():
+        raise ConfigError(f"config file {path} is a directory; pass a YAML file, e.g. experiments/digits.yaml")
+    if not path.is_file():
+        raise ConfigError(f"config file not found: {path}")
+    try:
+        text = path.read_bytes().decode("utf-8")
+    except UnicodeDecodeError as err:
+        raise ConfigError(f"config file {path} is not UTF-8 text (byte 0x{err.object[err.start]:02x} at offset "
+                          f"{err.start}); save it as UTF-8") from None
+    except OSError as err:
+        raise ConfigError(f"config file {path} cannot be read: {err.strerror or err}") from None
+    try:
+        raw = yaml.load(text, Loader=_UniqueKeyLoader)
+    except yaml.MarkedYAMLError as err:
+        mark = err.problem_mark or err.context_mark
+        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+        raise ConfigError(f"config file {path}: YAML error{where}: {err.problem or err.context}") from None
+    except yaml.YAMLError as err:
+        raise ConfigError(f"config file {path}: YAML error: {err}") from None
+    if raw is None:
+        raise ConfigError(f"config file {path} is empty (or only comments): give at least one section, e.g. "
+                          f"'train: {{budget_s: 60}}', or write '{{}}' to mean the built-in defaults")
+    if not isinstance(raw, dict):
+        raise ConfigError(f"config file {path}: top level must be a mapping of sections (run:, dataset:, "
+                          f"train:, ...), not a {type(raw).__name__}")
+    return raw
+
+
 def load_config(path: Optional[str | Path] = None, overrides: Optional[list[str]] = None) -> Config:
     raw: dict = {}
     source = "defaults"
     if path is not None:
-        path = Path(path)
-        if not path.is_file():
-            raise ConfigError(f"config file not found: {path}")
-        try:
-            raw = yaml.safe_load(path.read_text()) or {}
-        except yaml.YAMLError as err:
-            raise ConfigError(f"{path}: not valid YAML: {err}") from None
-        if not isinstance(raw, dict):
-            raise ConfigError(f"{path}: top level must be a mapping of sections")
+        raw = _read_yaml(Path(path))
         source = str(path)
     raw = apply_overrides(raw, overrides or [])
     return validate(raw, source)

@@ -160,6 +160,16 @@ class RunDir:
     def baseline_summary(self) -> Path:
         return self.owner_dir(BASELINE) / "summary.json"
 
+    @property
+    def lock(self) -> Path:
+        """Held by the driver writing this run (see core/runlock.py)."""
+        return self.path / ".lock"
+
+    @property
+    def started(self) -> Path:
+        """Written once every label has passed the start line: a restarted collector reopens it at once."""
+        return self.path / ".started"
+
     # kinds and owners ------------------------------------------------------------------------
     @property
     def is_baseline(self) -> bool:
@@ -195,6 +205,20 @@ class RunDir:
     def latest_checkpoint(self, owner: Owner) -> Optional[Path]:
         found = self.checkpoints(owner)
         return found[-1][1] if found else None
+
+    def sweep_temporaries(self, owner: Owner) -> list[Path]:
+        """Delete the temporary files a killed writer left in the owner's folder; returns them."""
+        d = self.owner_dir(owner)
+        stale = [p for p in d.iterdir() if p.name.startswith(".tmp-")] if d.is_dir() else []
+        for p in stale:
+            p.unlink(missing_ok=True)
+        return stale
+
+    def quarantine(self, path: Path) -> Path:
+        """Rename an unreadable checkpoint out of every listing (kept for inspection)."""
+        target = path.with_name(path.name + ".corrupt")
+        os.replace(path, target)
+        return target
 
     def prune(self, owner: Owner, keep: Optional[int]) -> None:
         """Delete all but the newest `keep` checkpoints (None keeps all)."""

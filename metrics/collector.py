@@ -1,12 +1,19 @@
 """Collector: one actor per run that hears from every label actor and scores the ensemble.
 
-Label actors report progress, checkpoints and completion to it (fire and
-forget); the driver polls :meth:`progress` for its live table and calls
-:meth:`finalize` once every label is done.
+Label actors report progress, checkpoints and completion to it (fire and forget) and wait
+for each other at its start line; the driver polls :meth:`progress` for its live table and
+calls :meth:`finalize` once every label is done.
+
+It holds nothing that cannot be rebuilt: Ray restarts it when it dies (the driver asks for
+``max_restarts=-1``), and a restarted collector reads each label's step and budget spent from
+its latest checkpoint and whether the start line has opened from the run directory, while
+the label actors keep training and their reports resume.
 """
 
 from __future__ import annotations
 
+import asyncio
+import logging
 import time
 from pathlib import Path
 from typing import Optional
@@ -14,7 +21,9 @@ from typing import Optional
 import pandas as pd
 
 from core.logs import configure as configure_logging
-from core.rundir import RunDir, write_csv
+from core.rundir import RunDir, checkpoint_meta, write_csv, write_text
+
+logger = logging.getLogger(__name__)
 
 SUMMARY_COLUMNS = ["label", "steps", "elapsed_s", "steps_per_s", "images_per_s", "critic_loss",
                    "generator_loss", "wasserstein", "restarts", "device", "resumed_from_step", "first_step_unix"]
@@ -25,11 +34,23 @@ class Collector:
         configure_logging(log_level)  # scoring logs from this process reach the driver's terminal
         self.run = RunDir(run_dir)
         self.labels = list(labels)
-        self.started = time.time()
-        self.state: dict[int, dict] = {k: {"state": "starting", "step": 0} for k in self.labels}
+        self.state: dict[int, dict] = {k: self._restored_state(k) for k in self.labels}
         self.summaries: dict[int, dict] = {}
         self.ready: set[int] = set()
         self.failed: set[int] = set()
+        self._all_ready: Optional[asyncio.Event] = None  # made in the actor's event loop
+        self.opened = self.run.started.exists()  # a restart after the start line opened
+
+    def _restored_state(self, label: int) -> dict:
+        latest = self.run.latest_checkpoint(label)
+        if latest is None:
+            return {"state": "starting", "step": 0}
+        try:
+            meta = checkpoint_meta(latest)
+        except Exception:  # being replaced right now, or damaged: the label's next report says
+            return {"state": "starting", "step": 0}
+        return {"state": "restored", "step": int(latest.stem.split("-")[1]), "elapsed_s": meta.get("elapsed_s"),
+                "restarts": meta.get("restarts", 0)}
 
     # ------------------------------------------------------------- reports from label actors
 
@@ -46,14 +67,27 @@ class Collector:
     def report_failed(self, label: int, error: str) -> None:
         self.failed.add(label)
         self.state[label] = {**self.state.get(label, {}), "state": "failed", "error": error}
+        self._maybe_open()
 
-    def mark_ready(self, label: int) -> None:
+    # ------------------------------------------------------------- the start line
+
+    async def wait_for_start(self, label: int) -> None:
+        """Returns once every label has loaded its data or failed for good: one call per label,
+        however long the wait. Stays open for restarted label actors, and across a restart of
+        this collector (the opening is recorded in the run directory)."""
+        if self._all_ready is None:
+            self._all_ready = asyncio.Event()
         self.ready.add(label)
+        self._maybe_open()
+        if not self.opened:
+            await self._all_ready.wait()
 
-    def all_ready(self) -> bool:
-        """True once every label has loaded its data or failed for good (and stays true for
-        restarted actors), so one broken label never holds the others at the start line."""
-        return len(self.ready | self.failed) == len(self.labels)
+    def _maybe_open(self) -> None:
+        if not self.opened and len(self.ready | self.failed) >= len(self.labels):
+            self.opened = True
+            write_text(self.run.started, f"{time.time()}\n")
+        if self.opened and self._all_ready is not None:
+            self._all_ready.set()
 
     # ------------------------------------------------------------- queries
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import os
+import socket
 from typing import Optional
 
 import ray
@@ -11,6 +12,23 @@ import ray
 from core.errors import ConfigError
 
 logger = logging.getLogger(__name__)
+
+
+def check_reachable(address: Optional[str], timeout_s: float = 5.0) -> None:
+    """Fail in seconds on a malformed or wrong host:port: ray.init would retry the GCS for minutes,
+    and on an address without a port it raises a bare ValueError."""
+    if not address or address in ("auto", "local") or address.startswith(("http://", "https://")):
+        return
+    hostport = address.removeprefix("ray://")  # Ray Client: the same host:port form
+    host, sep, port = hostport.rpartition(":")
+    if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
+        raise ConfigError(f"RAY_ADDRESS/--address {address!r}: expected host:port, e.g. 10.0.0.1:6379 "
+                          "(the head's GCS port, 6379 unless `ray start --port` changed it)")
+    try:
+        socket.create_connection((host.strip("[]"), int(port)), timeout=timeout_s).close()
+    except OSError as err:
+        raise ConfigError(f"RAY_ADDRESS/--address: no Ray cluster answers at {address} ({err.strerror or err}); "
+                          "pass the head's GCS address (host:6379, as for `ray start --address`)") from None
 
 
 def connect(address: Optional[str] = None) -> None:
@@ -25,7 +43,12 @@ def connect(address: Optional[str] = None) -> None:
             f"submit this command with `ray job submit` (see README, 'Ray jobs')."
         )
     if address:
-        ray.init(address=address, log_to_driver=True)
+        check_reachable(address)
+        try:
+            ray.init(address=address, log_to_driver=True)
+        except (ConnectionError, ValueError) as err:  # reachable, but no Ray there (or none on this machine)
+            first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+            raise ConfigError(f"RAY_ADDRESS/--address: cannot connect to a Ray cluster at {address}: {first}") from None
         logger.info("connected to Ray cluster at %s", address)
     else:
         ray.init(address="local", num_cpus=os.cpu_count(), log_to_driver=True)

@@ -48,6 +48,7 @@ from metrics.results import read_results, rows, value
 from orchestrator.args import config_from_args
 from orchestrator.baseline import train_baseline
 from orchestrator.cluster import alive_nodes, connect
+from orchestrator.preflight import check_storage
 from orchestrator.resources import BaselinePlan, ResourcePlan, plan_baseline, plan_resources
 from orchestrator.run import train
 from workers.data import describe
@@ -196,6 +197,7 @@ def compare(cfg: Config, address: Optional[str] = None, evaluate: Optional[bool]
     """Train both methods under the same budget and resources, score both the same way, write the comparison."""
     t0 = time.monotonic()
     info = describe(cfg.dataset)
+    check_storage(cfg.run.storage)
     connect(address)
     # Plan both before any training, so a cluster that cannot hold them fails before anything is written.
     ens_plan = plan_resources(len(info.labels), alive_nodes(), cfg.resources)
@@ -250,10 +252,10 @@ def compare(cfg: Config, address: Optional[str] = None, evaluate: Optional[bool]
          "generator_params": params["ensemble"][0], "critic_params": params["ensemble"][1]},
         {"method": "baseline", **score_row(results["baseline"]),
          "images_per_s": float(bl_summary["images_per_s"]),
-         "device_seconds": float(per_worker * bl_plan.num_workers * bl_summary["trained_s"]),
+         "device_seconds": float(per_worker * bl_plan.num_workers * bl_summary["elapsed_s"]),
          "budget_s": cfg.train.budget_s, "device": "GPU" if bl_plan.use_gpu else "CPU",
          "workers": f"{bl_plan.num_workers} DDP workers",
-         "steps": int(bl_summary["steps"]), "train_s": float(bl_summary["trained_s"]),
+         "steps": int(bl_summary["steps"]), "train_s": float(bl_summary["elapsed_s"]),
          "generator_params": params["baseline"][0], "critic_params": params["baseline"][1]},
     ]
     table = pd.DataFrame(rows, columns=COMPARISON_COLUMNS + EXTRA_COLUMNS)

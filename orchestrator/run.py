@@ -7,6 +7,7 @@ the run directory is created, so a rejected run leaves nothing behind.
 from __future__ import annotations
 
 import logging
+import os
 import shutil
 import time
 from dataclasses import dataclass
@@ -17,14 +18,17 @@ import ray
 from ray.util.placement_group import placement_group, remove_placement_group
 from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
 
+from core.actors import NAMESPACE, collector_actor, label_actor
 from core.config import Config, dump_config, load_config
 from core.errors import ConfigError, PlacementError, RunFailed
 from core.rundir import RunDir, write_text
+from core.runlock import RunLock
 from metrics.collector import Collector
 from metrics.inception import resolve_inception_weights
 from orchestrator.cluster import alive_nodes, connect
-from orchestrator.progress import format_progress
+from orchestrator.preflight import check_storage
 from orchestrator.resources import ResourcePlan, plan_resources
+from orchestrator.supervise import Supervisor
 from workers.data import DatasetInfo, describe
 from workers.trainer import LabelTrainer
 
@@ -43,14 +47,6 @@ def new_run_id(cfg: Config) -> str:
     return cfg.run.id or f"{cfg.run.name}-{time.strftime('%Y%m%d-%H%M%S')}"
 
 
-def actor_name(run_id: str, label: int) -> str:
-    return f"wcgan/{run_id}/label-{label}"
-
-
-def collector_name(run_id: str) -> str:
-    return f"wcgan/{run_id}/collector"
-
-
 def place(plan: ResourcePlan, run_id: str, timeout_s: float):
     """A placement group holding every label's bundle, or a PlacementError (never a silent pend)."""
     pg = placement_group(plan.bundles, strategy=plan.strategy, name=f"wcgan/{run_id}")
@@ -65,18 +61,19 @@ def place(plan: ResourcePlan, run_id: str, timeout_s: float):
 
 
 def start_label_actors(run_dir: Path, cfg: Config, run_id: str, labels, plan: ResourcePlan, pg,
-                       collector_name: Optional[str] = None) -> list:
+                       collector: Optional[str] = None) -> list:
     """One named actor per label, bundle i of the placement group for label i."""
     remote_trainer = ray.remote(LabelTrainer)
     return [
         remote_trainer.options(
-            name=actor_name(run_id, label),
+            name=label_actor(run_id, label),
+            namespace=NAMESPACE,
             num_cpus=plan.cpus_per_label,
             num_gpus=plan.gpus_per_label,
             max_restarts=cfg.max_restarts,
             max_task_retries=cfg.max_restarts,
             scheduling_strategy=PlacementGroupSchedulingStrategy(pg, placement_group_bundle_index=i),
-        ).remote(str(run_dir), cfg.to_dict(), label, run_id, plan.torch_threads, collector_name)
+        ).remote(str(run_dir), cfg.to_dict(), label, run_id, plan.torch_threads, collector)
         for i, label in enumerate(labels)
     ]
 
@@ -85,9 +82,10 @@ def _absolute_paths(cfg: Config) -> Config:
     """Actors on other nodes resolve relative paths against their own working directory:
     hand them absolute ones (which must be on a shared file system on a multi-node cluster)."""
     cfg = cfg.model_copy(deep=True)
-    cfg.run.storage = str(Path(cfg.run.storage).expanduser().resolve())
+    # abspath, not resolve: a symlink stays a symlink, so errors name what the user wrote
+    cfg.run.storage = os.path.abspath(os.path.expanduser(cfg.run.storage))
     if cfg.dataset.root is not None:
-        cfg.dataset.root = str(Path(cfg.dataset.root).expanduser().resolve())
+        cfg.dataset.root = os.path.abspath(os.path.expanduser(cfg.dataset.root))
     return cfg
 
 
@@ -124,89 +122,102 @@ def _check_metrics_inputs(cfg: Config, evaluate: bool) -> None:
                                   download=cfg.metrics.download_weights)
 
 
+def _refuse_live_run(run_id: str) -> None:
+    """A second driver for a run whose actors are alive on this cluster would train every label twice."""
+    try:
+        ray.get_actor(collector_actor(run_id), namespace=NAMESPACE)
+    except ValueError:
+        return
+    raise ConfigError(f"run {run_id} is already running on this cluster (its actors {collector_actor(run_id)} and "
+                      f"{label_actor(run_id, 0)}... are alive; `wcgan status --run {run_id}` shows them). Wait for it, "
+                      f"or stop it first, or use another run.id.")
+
+
+def start_collector(run: RunDir, run_id: str, labels):
+    """The run's coordinator; Ray restarts it when it dies, and it rebuilds its view from the run directory."""
+    run.started.unlink(missing_ok=True)  # this driver's labels meet at a fresh start line
+    return ray.remote(Collector).options(
+        name=collector_actor(run_id), namespace=NAMESPACE, num_cpus=0, max_restarts=-1, max_task_retries=3,
+    ).remote(str(run.path), list(labels), logging.getLevelName(logger.getEffectiveLevel()))
+
+
 def train(cfg: Config, address: Optional[str] = None, evaluate: Optional[bool] = None) -> RunResult:
+    """Validate, plan, place, train every label at once, collect. Bad input fails before the run
+    directory exists; a label that fails does not stop the others (RunFailed names it at the end)."""
     t_start = time.monotonic()
     cfg = _absolute_paths(cfg)
+    check_storage(cfg.run.storage)
     do_eval = cfg.metrics.enabled if evaluate is None else evaluate
     info: DatasetInfo = describe(cfg.dataset)
     run_id = new_run_id(cfg)
     run = RunDir(Path(cfg.run.storage) / run_id)
-    run_dir = run.path
     resuming = run.config.exists()
     if resuming:
         check_resume_compatible(load_config(run.config), cfg)
     _check_metrics_inputs(cfg, do_eval)
     connect(address)
+    _refuse_live_run(run_id)
     plan = plan_resources(len(info.labels), alive_nodes(), cfg.resources)
     logger.info("run %s: %s %dx%dx%d, %d labels, budget %gs per label; %s", run_id, info.name, info.image_size,
                 info.image_size, info.channels, len(info.labels), cfg.train.budget_s, plan.describe())
 
-    pg = place(plan, run_id, cfg.resources.placement_timeout_s)
-    actors: list = []
+    created_dir = not run.path.exists()
+    lock = RunLock(run, ray_address=ray.get_runtime_context().gcs_address)
+    pg = None
+    actors: dict[int, ray.actor.ActorHandle] = {}
     collector = None
 
     def release() -> None:
         """Free the label actors' devices and the bundles (idempotent)."""
         nonlocal pg
-        for a in actors:
+        for a in actors.values():
             ray.kill(a, no_restart=True)
         actors.clear()
         if pg is not None:
             remove_placement_group(pg)
             pg = None
 
-    created_dir = not run_dir.exists()
     try:
+        lock.acquire()
+        pg = place(plan, run_id, cfg.resources.placement_timeout_s)
         write_text(run.config, dump_config(cfg))
         if resuming:
-            logger.info("resuming %s: labels continue from their latest checkpoints", run_dir)
-        collector = ray.remote(Collector).options(
-            name=collector_name(run_id), num_cpus=0, max_restarts=0,
-        ).remote(str(run_dir), list(info.labels), logging.getLevelName(logger.getEffectiveLevel()))
-        actors.extend(start_label_actors(run_dir, cfg, run_id, info.labels, plan, pg, collector_name(run_id)))
-        pending = {a.run.remote(): label for a, label in zip(actors, info.labels)}
-        summaries, failures = [], {}
-        t_train = time.monotonic()
-        while pending:
-            done, _ = ray.wait(list(pending), num_returns=len(pending), timeout=cfg.train.log_every_s)
-            for ref in done:
-                label = pending.pop(ref)
-                try:
-                    summaries.append(ray.get(ref))
-                except ray.exceptions.RayTaskError as err:
-                    cause = err.as_instanceof_cause()
-                    if isinstance(cause, ConfigError):
-                        raise cause from None  # bad data found by the actor: a user error, not a crash
-                    failures[label] = str(err).splitlines()[-1] if str(err) else repr(err)
-                    collector.report_failed.remote(label, failures[label])
-                except ray.exceptions.RayActorError as err:
-                    failures[label] = f"actor died: {err}".splitlines()[0]
-                    collector.report_failed.remote(label, failures[label])
-            logger.info(format_progress(ray.get(collector.progress.remote()), cfg.train.budget_s,
-                                        time.monotonic() - t_train))
-        if failures:
+            logger.info("resuming %s: labels continue from their latest checkpoints", run.path)
+        collector = start_collector(run, run_id, info.labels)
+        actors.update(zip(info.labels, start_label_actors(run.path, cfg, run_id, info.labels, plan, pg,
+                                                          collector_actor(run_id))))
+        supervisor = Supervisor(cfg, actors, collector, on_poll=lock.renew)  # takes finished actors out of `actors`
+        outcome = supervisor.run()
+        supervisor.wait_for_exits()
+        if outcome.user_errors and not outcome.summaries and not run.has_checkpoints(info.labels):
+            raise next(iter(outcome.user_errors.values()))  # bad data and nothing trained: a user error, exit 2
+        release()  # scoring needs none of the label actors' devices
+        summaries = [outcome.summaries[k] for k in sorted(outcome.summaries)]
+        do_eval = do_eval and not outcome.failures  # a partial ensemble is scored after the resume
+        logger.info("%s; collecting%s", "all labels done" if not outcome.failures else
+                    f"{len(summaries)} of {len(info.labels)} labels done", " and scoring the ensemble" if do_eval else "")
+        outputs = ray.get(collector.finalize.remote(summaries, evaluate=do_eval)) if summaries else {}
+        if outcome.failures:
             raise RunFailed(
-                f"{len(failures)} of {len(info.labels)} labels failed after {cfg.max_restarts} restarts: "
-                + "; ".join(f"label {k}: {msg}" for k, msg in sorted(failures.items()))
-                + f". Checkpoints are kept in {run_dir}; re-run with --set run.id={run_id} to resume."
+                f"{len(outcome.failures)} of {len(info.labels)} labels failed: "
+                + "; ".join(f"label {k}: {msg}" for k, msg in sorted(outcome.failures.items()))
+                + f". The other labels finished; checkpoints are kept in {run.path}. Fix the cause and re-run "
+                  f"the same command with --set run.id={run_id} to resume (finished labels are not retrained)."
             )
-        release()  # scoring needs none of the label actors' GPUs
-        logger.info("all labels done; collecting" + (" and scoring the ensemble" if do_eval else ""))
-        summaries.sort(key=lambda s: s["label"])
-        outputs = ray.get(collector.finalize.remote(summaries, evaluate=do_eval))
-        result = RunResult(run_dir, plan, summaries, outputs, time.monotonic() - t_start)
-        logger.info("run directory: %s", run_dir)
-        return result
+        logger.info("run directory: %s", run.path)
+        return RunResult(run.path, plan, summaries, outputs, time.monotonic() - t_start)
     except (ConfigError, KeyboardInterrupt):
         # Bad input or an interrupt before any work was saved: leave no half-written run.
         release()  # first, so no actor writes a checkpoint into the directory being removed
+        lock.release()
         if created_dir and not run.has_checkpoints(info.labels):
-            shutil.rmtree(run_dir, ignore_errors=True)
+            shutil.rmtree(run.path, ignore_errors=True)
         raise
     finally:
         release()
         if collector is not None:
             ray.kill(collector, no_restart=True)
+        lock.release()
 
 
-__all__ = ["train", "RunResult", "actor_name", "collector_name", "new_run_id"]
+__all__ = ["train", "RunResult", "new_run_id"]

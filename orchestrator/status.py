@@ -12,18 +12,16 @@ estimate, state), the same numbers the training driver prints.
 from __future__ import annotations
 
 import os
-import re
-import socket
 import sys
 import time
 from collections import defaultdict
 from typing import Optional
 
 from core import fmt
+from core.actors import NAMESPACE, parse
 from core.errors import ConfigError
 from orchestrator.jobs import AUTH_HINT, auth_headers, explicit_address, token_auth_requested
 
-NAME = re.compile(r"^wcgan/(?P<run>[^/]+)/(?:label-(?P<label>\d+)|(?P<collector>collector))$")
 PROGRESS_TIMEOUT_S = 10.0
 
 
@@ -34,27 +32,15 @@ def _is_http(address: Optional[str]) -> bool:
     return bool(address) and address.startswith(("http://", "https://"))
 
 
-def _check_reachable(address: Optional[str], timeout_s: float = 5.0) -> None:
-    """Fail in seconds on a wrong host:port (ray.init would retry for minutes)."""
-    if not address or address == "auto" or "://" in address:
-        return
-    host, sep, port = address.rpartition(":")
-    if not sep or not port.isdigit():
-        raise ConfigError(f"--address {address!r}: expected host:port, e.g. 10.0.0.1:6379")
-    try:
-        socket.create_connection((host.strip("[]"), int(port)), timeout=timeout_s).close()
-    except OSError as err:
-        raise ConfigError(f"no Ray cluster answers at {address} ({err.strerror or err}); "
-                          "pass the head's GCS address (host:6379, as for `ray start --address`)") from None
-
-
 def _connect(address: Optional[str]) -> Optional[str]:
     """A quiet driver connection, to ask collector actors for progress; returns the dashboard URL."""
     import ray
 
+    from orchestrator.cluster import check_reachable  # deferred: imports Ray
+
     if ray.is_initialized():
         return None
-    _check_reachable(address)
+    check_reachable(address)
     try:
         ctx = ray.init(address=address or "auto", log_to_driver=False, logging_level="ERROR",
                        configure_logging=False)
@@ -101,11 +87,11 @@ def list_wcgan_actors(address: Optional[str]) -> list[dict]:
     return rows
 
 
-def _progress(name: str, namespace: Optional[str]) -> Optional[dict]:
+def _progress(name: str) -> Optional[dict]:
     import ray
 
     try:
-        collector = ray.get_actor(name, namespace=namespace)
+        collector = ray.get_actor(name, namespace=NAMESPACE)  # every run's actors live there
         return ray.get(collector.progress.remote(), timeout=PROGRESS_TIMEOUT_S)
     except Exception:
         return None
@@ -117,18 +103,18 @@ def gather(address: Optional[str], only_run: Optional[str] = None, progress: boo
     `address`: what the state API is asked (a dashboard URL, or a cluster address it resolves)."""
     runs: dict[str, dict] = defaultdict(lambda: {"labels": {}, "collector": None, "progress": None})
     for actor in list_wcgan_actors(address):
-        m = NAME.match(actor["name"])
-        if not m or (only_run and m["run"] != only_run):
+        parsed = parse(actor["name"])
+        if parsed is None or (only_run and parsed[0] != only_run):
             continue
-        run = runs[m["run"]]
-        if m["collector"]:
-            run["collector"] = actor
+        run_id, label = parsed
+        if label is None:
+            runs[run_id]["collector"] = actor
         else:
-            run["labels"][int(m["label"])] = actor
+            runs[run_id]["labels"][label] = actor
     if progress:
         for run_id, run in runs.items():
             if run["collector"] is not None:
-                state = _progress(run["collector"]["name"], run["collector"].get("ray_namespace"))
+                state = _progress(run["collector"]["name"])
                 run["progress"] = {int(k): v for k, v in state.items()} if state else None
     return dict(runs)
 

@@ -16,7 +16,8 @@ from core.errors import JobError
 from orchestrator import jobs
 from orchestrator.local_head import LocalHead
 from orchestrator.cli import main
-from orchestrator.status import NAME, format_status
+from core.actors import parse
+from orchestrator.status import format_status
 
 REPO = jobs.REPO_ROOT
 # ray.util.metrics series reach Prometheus as ray_<name> (counters with a _total suffix).
@@ -28,9 +29,9 @@ LABELS = ("0", "1")
 
 
 def test_status_table_format():
-    assert NAME.match("wcgan/r-1/label-12").group("label") == "12"
-    assert NAME.match("wcgan/r-1/collector").group("collector")
-    assert NAME.match("wcgan/r-1/other") is None
+    assert parse("wcgan/r-1/label-12") == ("r-1", 12)
+    assert parse("wcgan/r-1/collector") == ("r-1", None)
+    assert parse("wcgan/r-1/other") is None
     runs = {"r1": {"labels": {0: {"name": "wcgan/r1/label-0", "state": "ALIVE", "pid": 7, "node_id": "abcdef0123"}},
                    "collector": {"name": "wcgan/r1/collector"},
                    "progress": {0: {"state": "training", "step": 42, "elapsed_s": 10.0, "budget_s": 60.0,

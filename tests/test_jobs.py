@@ -82,8 +82,9 @@ def test_ray_job_submit_runs_a_training_run(head, tmp_path):
     assert f"run directory: {run_dir}" in log
     for k in (0, 1):
         assert re.search(rf"label\s+{k}: (training|done)\s+step\s+\d+", log), jobs.tail(log, 60)
+    assert "Traceback" not in log, "a successful run's log shows a traceback:\n" + jobs.tail(log, 60)
     listing = set(log.splitlines())
-    assert {"orchestrator", "workers", "metrics", "experiments", "runtime_env.yaml"} <= listing
+    assert {"core", "orchestrator", "workers", "metrics", "experiments", "runtime_env.yaml"} <= listing
     assert not {".git", ".venv", "runs", "data"} & listing, "runtime_env.yaml excludes were not applied"
 
     summary = pd.read_csv(run_dir / "summary.csv")

@@ -10,6 +10,7 @@ from conftest import small_config  # noqa: E402
 from core.config import ResourcesConfig
 from core.errors import PlacementError
 from orchestrator.resources import plan_resources
+from core.actors import NAMESPACE, label_actor
 from orchestrator.run import place, start_label_actors
 
 
@@ -97,7 +98,8 @@ def test_one_actor_per_gpu_across_nodes(gpu_cluster, tmp_path):
         assert len({w["node_id"] for w in where}) == 3           # spread over all three nodes
         assert [w["label"] for w in where] == labels
         # Named after run and label, so the dashboard shows which label each actor trains.
-        assert ray.get(ray.get_actor("wcgan/gpu-test/label-7").placement.remote())["label"] == 7
+        named = ray.get_actor(label_actor("gpu-test", 7), namespace=NAMESPACE)  # the run's fixed namespace
+        assert ray.get(named.placement.remote())["label"] == 7
     finally:
         for a in locals().get("actors", []):
             ray.kill(a)

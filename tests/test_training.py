@@ -13,7 +13,8 @@ import torch
 from conftest import small_config, two_tone_folder  # noqa: E402
 from core.rundir import RunDir, load_checkpoint
 from orchestrator.cli import main
-from orchestrator.run import actor_name, train
+from core.actors import NAMESPACE, label_actor
+from orchestrator.run import train
 from workers.sampler import load_sampler
 
 
@@ -93,7 +94,7 @@ def test_resume_after_actor_is_killed(ray_local, tmp_path):
         assert time.monotonic() < deadline, "no checkpoint appeared"
         time.sleep(0.2)
     killed_at = RunDir(run_dir).latest_checkpoint(4)
-    ray.kill(ray.get_actor(actor_name("resume", 4)), no_restart=False)
+    ray.kill(ray.get_actor(label_actor("resume", 4), namespace=NAMESPACE), no_restart=False)
     thread.join(timeout=240)
     assert not thread.is_alive()
     summary = {s["label"]: s for s in result["r"].summaries}

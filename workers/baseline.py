@@ -14,8 +14,8 @@ same arithmetic as DDP minus the bucketing overlap.
 
 The pair and the loop are the label actors' own (:class:`workers.gan.WGANGP`,
 :class:`workers.loop.BudgetedLoop`), so both methods stop by the same rule. Rank 0's clock
-decides when to stop, log and checkpoint, and its decisions are broadcast, so every worker
-takes them at the same step. Rank 0 alone writes ``<run>/baseline/ckpt-*.pt``,
+decides when to stop, log and checkpoint, and its decisions are broadcast (over a gloo group on
+the host, so the GPU never waits for them), so every worker takes them at the same step. Rank 0 alone writes ``<run>/baseline/ckpt-*.pt``,
 ``history.csv`` and ``summary.json``; after a restart (``max_failures``) every worker reloads
 the latest checkpoint and trains only for the budget that is left.
 """
@@ -23,16 +23,21 @@ the latest checkpoint and trains only for the budget that is left.
 from __future__ import annotations
 
 import json
+import logging
+import time
 from typing import Sequence
 
 import torch
 
 from core.config import Config
+from core.logs import configure as configure_logging
 from core.rundir import BASELINE, History, RunDir, write_text
 from workers.checkpoint import Checkpointer, restore
 from workers.data import load_label
 from workers.gan import WGANGP, StepStats, use_fast_fixed_shape_kernels
 from workers.loop import BudgetedLoop, Decisions
+
+logger = logging.getLogger(__name__)
 
 
 def load_shard(dataset_cfg, labels: Sequence[int], rank: int, world_size: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -66,12 +71,16 @@ def allreduce_mean(world_size: int):
     return sync
 
 
-def _rank0_decides(device: torch.device):
+def _rank0_decides():
+    """Every worker takes rank 0's decisions, exchanged over a gloo group on the host: three
+    floats per step, and no device synchronisation even when training uses NCCL."""
     import torch.distributed as dist
 
+    control = dist.new_group(backend="gloo")
+
     def agree(d: Decisions) -> Decisions:
-        flags = torch.tensor([float(x) for x in d], device=device)
-        dist.broadcast(flags, src=0)
+        flags = torch.tensor([float(x) for x in d])
+        dist.broadcast(flags, src=0, group=control)
         return Decisions(*(bool(x) for x in flags.tolist()))
 
     return agree
@@ -102,6 +111,8 @@ def train_loop_per_worker(config: dict) -> None:
     import ray.train.torch
     import torch.distributed as dist
 
+    t_setup = time.monotonic()
+    configure_logging()
     run = RunDir(config["run_dir"])
     cfg = Config.model_validate(config["cfg"])
     train = cfg.train
@@ -122,6 +133,8 @@ def train_loop_per_worker(config: dict) -> None:
                         # each worker its own batches, and a fresh stream after a resume
                         data_seed=(train.seed * 1000 + rank) * 1_000_003 + start_steps,
                         grad_sync=allreduce_mean(world) if distributed else None)
+    if rank == 0:
+        run.sweep_temporaries(BASELINE)  # a killed predecessor's half-written files
     resume = restore(run, BASELINE, pair, restore_rng=False)
     if distributed:
         _broadcast_weights([pair.generator, pair.critic])
@@ -130,30 +143,36 @@ def train_loop_per_worker(config: dict) -> None:
     checkpointer = Checkpointer(run, BASELINE, pair, cfg, resume, restarts, labels, images_per_step,
                                 num_classes=num_classes, world_size=world)
     history = History(run.history(BASELINE), keep_up_to=resume.start_step) if rank == 0 else None
-    state = {"rate": None}
+    setup_s = time.monotonic() - t_setup
 
     def on_log(row: dict) -> None:
-        state["rate"] = row["images_per_s"]
         if history is not None:
             history.append({**row, "restarts": restarts})
+            logger.info("baseline: step %d, %.0f/%gs, %.0f img/s over %d worker(s), W %.3f", row["step"],
+                        row["elapsed_s"], train.budget_s, row["images_per_s"], world, row["wasserstein"])
 
     def on_checkpoint(elapsed_s: float, final: bool) -> None:
         if rank == 0:
-            checkpointer.save(elapsed_s, final, state["rate"] if final else None)
+            rate = checkpointer.images_seen / elapsed_s if final and elapsed_s > 0 else None
+            checkpointer.save(elapsed_s, final, rate)
 
     loop = BudgetedLoop(pair, train.budget_s, max_steps=train.max_steps, elapsed0=resume.elapsed_s,
                         log_every_s=train.log_every_s, checkpoint_every_s=train.checkpoint_every_s,
                         images_per_step=images_per_step,
-                        agree=_rank0_decides(device) if distributed else (lambda d: d),
+                        agree=_rank0_decides() if distributed else (lambda d: d),
                         reduce_stats=_mean_over_workers(world) if distributed else (lambda s: s))
     result = loop.run(on_log, on_checkpoint)
     if rank == 0:
         last = result.last or {}
         summary = {
             "method": "baseline", "steps": result.steps, "elapsed_s": round(result.elapsed_s, 3),
-            "trained_s": round(result.trained_s, 3), "steps_per_s": result.steps_per_s,
-            "images_per_s": result.images_per_s, "world_size": world, "device": str(device),
+            "trained_s": round(result.trained_s, 3),
+            # over all the training kept in checkpoints (a resumed run reports its real rate)
+            "steps_per_s": result.steps / result.elapsed_s if result.elapsed_s > 0 else 0.0,
+            "images_per_s": checkpointer.images_seen / result.elapsed_s if result.elapsed_s > 0 else 0.0,
+            "world_size": world, "device": str(device),
             "restarts": restarts, "resumed_from_step": resume.start_step if resume.path is not None else None,
+            "setup_s": round(setup_s, 3),
             "checkpoint": str(run.latest_checkpoint(BASELINE)),
             **{k: last.get(k) for k in ("critic_loss", "generator_loss", "wasserstein")},
         }
@@ -161,6 +180,7 @@ def train_loop_per_worker(config: dict) -> None:
 
 
 def _latest_step(run: RunDir) -> int:
+    """The step the workers will resume from (seeds a fresh data stream after a restart)."""
     found = run.checkpoints(BASELINE)
     return found[-1][0] if found else 0
 

@@ -11,12 +11,15 @@ One checkpoint dict (written through :mod:`core.rundir`, atomically, read weight
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional
 
 from core.rundir import BASELINE, Owner, RunDir, load_checkpoint, save_checkpoint
 from workers.gan import WGANGP
+
+logger = logging.getLogger(__name__)
 
 LABEL_KIND = "label"
 BASELINE_KIND = "conditional-wgan-gp"
@@ -34,14 +37,25 @@ class Resume:
 
 
 def restore(run: RunDir, owner: Owner, pair: WGANGP, restore_rng: bool = True) -> Resume:
-    """Load the owner's latest checkpoint into `pair`, if there is one."""
-    latest = run.latest_checkpoint(owner)
-    if latest is None:
-        return Resume()
-    blob = load_checkpoint(latest, map_location=pair.device)
-    pair.load_state_dict(blob["state"], restore_rng=restore_rng)
-    return Resume(pair.generator_steps, float(blob["elapsed_s"]), int(blob.get("images_seen", 0)),
-                  int(blob.get("restarts", 0)), latest)
+    """Load the owner's newest readable checkpoint into `pair`, if there is one.
+
+    A checkpoint that fails to load (truncated by a dying disk, say) is moved out of the way and
+    the previous one is tried, so one bad file costs one checkpoint interval, not the run.
+    """
+    for _, path in reversed(run.checkpoints(owner)):
+        try:
+            blob = load_checkpoint(path, map_location=pair.device)
+        except Exception as err:  # unpickling or zip errors: the file is damaged
+            logger.warning("skipping unreadable checkpoint %s (%s: %s)", path, type(err).__name__, err)
+            try:
+                run.quarantine(path)  # out of every listing; a data-parallel peer may have moved it already
+            except OSError:
+                pass
+            continue
+        pair.load_state_dict(blob["state"], restore_rng=restore_rng)
+        return Resume(pair.generator_steps, float(blob["elapsed_s"]), int(blob.get("images_seen", 0)),
+                      int(blob.get("restarts", 0)), path)
+    return Resume()
 
 
 class Checkpointer:
@@ -64,10 +78,14 @@ class Checkpointer:
         else:
             self.meta["label"] = int(owner)
 
+    @property
+    def images_seen(self) -> int:
+        """Real images the critic(s) saw over the whole run, restored sessions included."""
+        return self.resume.images_seen + (self.pair.generator_steps - self.resume.start_step) * self.images_per_step
+
     def save(self, elapsed_s: float, final: bool = False, images_per_s: Optional[float] = None) -> Path:
-        images_seen = self.resume.images_seen + (self.pair.generator_steps - self.resume.start_step) * self.images_per_step
         path = self.run.checkpoint_path(self.owner, self.pair.generator_steps)
         save_checkpoint({**self.meta, "state": self.pair.state_dict(), "elapsed_s": elapsed_s,
-                         "images_seen": images_seen, "final": final, "images_per_s": images_per_s}, path)
+                         "images_seen": self.images_seen, "final": final, "images_per_s": images_per_s}, path)
         self.run.prune(self.owner, self.cfg.train.keep_checkpoints)
         return path

@@ -47,13 +47,28 @@ def to_uint8(images: torch.Tensor) -> torch.Tensor:
 
 # ---------------------------------------------------------------- sources
 
+def _held_out(n: int, test_fraction: float) -> int:
+    """How many of a label's n images the split holds out (at least one is always left to train on)."""
+    return min(int(round(n * test_fraction)), max(n - 1, 0))
+
+
 def _split_indices(n: int, label: int, test_fraction: float, split: str) -> np.ndarray:
     """Deterministic per-label train/test split (same on every node, no shared state)."""
     perm = np.random.default_rng(1000 + label).permutation(n)
-    n_test = int(round(n * test_fraction))
-    if n - n_test < 1:
-        n_test = n - 1
+    n_test = _held_out(n, test_fraction)
     return np.sort(perm[n_test:] if split == "train" else perm[:n_test])
+
+
+MIN_TRAIN = 2  # a label's FID needs two real images (a covariance); one image is also no distribution
+
+
+def min_images(test_fraction: float) -> int:
+    """Fewest images a label of a split data set needs: MIN_TRAIN to train on and, unless
+    test_fraction is 0, one held out (else its held-out scores are silently empty or NaN)."""
+    n = MIN_TRAIN
+    while n - _held_out(n, test_fraction) < MIN_TRAIN or (test_fraction > 0 and _held_out(n, test_fraction) < 1):
+        n += 1
+    return n
 
 
 @lru_cache(maxsize=1)
@@ -85,6 +100,8 @@ def _cifar(cfg: DatasetConfig, split: str):
     cls = datasets.CIFAR10 if cfg.name == "cifar10" else datasets.CIFAR100
     folder = "cifar-10-batches-py" if cfg.name == "cifar10" else "cifar-100-python"
     root = Path(cfg.root or DEFAULT_ROOT)
+    if root.exists() or root.is_symlink():
+        _check_dir(root)
     try:
         return cls(str(root), train=(split == "train"), download=cfg.download)
     except RuntimeError as err:
@@ -100,24 +117,57 @@ def _cifar(cfg: DatasetConfig, split: str):
         ) from None
 
 
+def _broken_link(path: Path) -> bool:
+    return path.is_symlink() and not path.exists()
+
+
+def _check_dir(path: Path, what: str = "dataset.root") -> None:
+    """A directory we can list, or a DataError saying what the path is instead."""
+    if _broken_link(path):
+        raise DataError(f"{what}: {path} is a symlink to {os.readlink(path)}, which does not exist")
+    if not path.exists():
+        raise DataError(f"{what}: directory not found: {path}")
+    if not path.is_dir():
+        kind = "a file" if path.is_file() else "a special file (pipe, socket or device)"
+        raise DataError(f"{what}: {path} is {kind}, not a directory")
+    try:
+        with os.scandir(path):
+            pass
+    except OSError as err:  # permissions (never for root), a stale network mount
+        raise DataError(f"{what}: cannot read directory {path}: {err.strerror or err}") from None
+
+
 def _folder_root(cfg: DatasetConfig) -> Path:
     if cfg.root is None:
         raise DataError(f"dataset.root: required for dataset.name={cfg.name} (a directory with one sub-folder per label)")
     root = Path(cfg.root)
-    if not root.is_dir():
-        raise DataError(f"dataset.root: directory not found: {root}")
+    _check_dir(root)
     return root
 
 
 def _folder_classes(root: Path) -> list[str]:
-    classes = sorted(e.name for e in os.scandir(root) if e.is_dir() and not e.name.startswith("."))
+    """Label sub-folders, sorted. A broken link among them is an error: skipping it would
+    silently shift every later label's index."""
+    entries = [e for e in os.scandir(root) if not e.name.startswith(".")]
+    for e in entries:
+        if e.is_symlink() and not os.path.exists(e.path):
+            raise DataError(f"dataset.root: {e.path} is a symlink to {os.readlink(e.path)}, which does not exist "
+                            "(an unmounted disk?); fix or remove the link")
+    classes = sorted(e.name for e in entries if e.is_dir())
     if not classes:
         raise DataError(f"dataset.root: {root} has no sub-folders; expected one sub-folder of images per label")
     return classes
 
 
 def _folder_files(class_dir: Path) -> list[Path]:
-    return sorted(p for p in class_dir.rglob("*") if p.suffix.lower() in IMAGE_EXTENSIONS and p.is_file())
+    _check_dir(class_dir, "dataset.labels")  # rglob would skip an unreadable folder without a word
+    files, other = [], []
+    for p in sorted(p for p in class_dir.rglob("*") if p.suffix.lower() in IMAGE_EXTENSIONS):
+        (files if p.is_file() else other).append(p)
+    broken = next((p for p in other if p.is_symlink()), None)  # only non-files: one lstat per oddity
+    if broken is not None:
+        raise DataError(f"unreadable image: {broken} is a symlink to {os.readlink(broken)}, which does not exist")
+    return files
 
 
 def _open_rgb(path: Path):
@@ -160,8 +210,9 @@ def _folder_image_size(cfg: DatasetConfig, root: Path, classes: list[str]) -> in
 def describe(cfg: DatasetConfig, check_files: bool = True) -> DatasetInfo:
     """Validate the data set and the labels the run asks for, cheaply, before any actor starts.
 
-    For folder data every file's header is opened, so an unreadable image is reported
-    (with its path) before a run directory exists.
+    With `check_files` (the driver's check before a run): every folder image's header is opened,
+    so an unreadable image is reported (with its path) before a run directory exists, and each
+    label the run trains must have :func:`min_images`. Scoring passes False: it only needs the shape.
     """
     if cfg.name == "digits":
         names = [str(i) for i in range(10)]
@@ -191,11 +242,25 @@ def describe(cfg: DatasetConfig, check_files: bool = True) -> DatasetInfo:
                     _check_header(f)
         native = _folder_image_size(cfg, root, names)
     for k in labels:
-        if counts[k] == 0:
-            where = f" ({_folder_root(cfg) / names[k]})" if cfg.name in ("folder", "imagenet1k") else ""
-            raise DataError(f"dataset.labels: label {k} ('{names[k]}') has no images{where}")
+        _check_count(cfg, k, names[k], int(counts[k]), strict=check_files)
     size = cfg.image_size or native
     return DatasetInfo(cfg.name, tuple(labels), tuple(names[k] for k in labels), len(names), channels, size)
+
+
+def _check_count(cfg: DatasetConfig, k: int, name: str, n: int, strict: bool) -> None:
+    """Enough images in label k: any at all, and with `strict` enough for the train/held-out split."""
+    split = cfg.name not in ("cifar10", "cifar100")  # CIFAR brings its own test split
+    tf = cfg.test_fraction if split else 0.0
+    need = min_images(tf) if strict else 1
+    if n >= need:
+        return
+    where = f" in {Path(cfg.root) / name}" if cfg.name in ("folder", "imagenet1k") else ""
+    if n == 0:
+        raise DataError(f"dataset.labels: label {k} ('{name}') has no images{where}")
+    held = f", {_held_out(need, tf)} held out at dataset.test_fraction={tf:g}" if tf > 0 else ""
+    fix = f"add images, or set dataset.test_fraction=0 (then {min_images(0.0)} suffice)" if tf > 0 else "add images"
+    raise DataError(f"dataset.labels: label {k} ('{name}') has {n} image(s){where}; each label needs at least "
+                    f"{need} ({need - _held_out(need, tf)} to train on{held}): {fix}")
 
 
 def _check_header(path: Path) -> None:
@@ -205,7 +270,9 @@ def _check_header(path: Path) -> None:
         with Image.open(path) as im:
             im.size  # header only: cheap even for ImageNet-sized folders
     except (UnidentifiedImageError, OSError, ValueError) as err:
-        raise DataError(f"unreadable image: {path} ({err})") from None
+        empty = path.is_file() and path.stat().st_size == 0
+        why = "an empty file, 0 bytes: an interrupted copy?" if empty else getattr(err, "strerror", None) or err
+        raise DataError(f"unreadable image: {path} ({why}); replace or remove it") from None
 
 
 def _resize_tensor(images: np.ndarray, size: int) -> np.ndarray:

@@ -21,7 +21,9 @@ from typing import Optional
 
 import torch
 
+from core.actors import NAMESPACE
 from core.config import Config
+from core.logs import configure as configure_logging
 from core.rundir import History, RunDir
 from workers.checkpoint import Checkpointer, Resume, restore
 from workers.data import load_label
@@ -34,6 +36,7 @@ logger = logging.getLogger(__name__)
 class LabelTrainer:
     def __init__(self, run_dir: str, cfg: dict, label: int, run_id: str, threads: int = 1,
                  collector_name: Optional[str] = None):
+        configure_logging()  # this process's messages reach the driver's terminal through Ray
         self.run = RunDir(run_dir)
         self.cfg = Config.model_validate(cfg)
         self.label = label
@@ -65,6 +68,8 @@ class LabelTrainer:
         device = pick_device()
         use_fast_fixed_shape_kernels(device)
         pair = WGANGP.build(self.cfg.model, self.cfg.train, images, device, seed=self.cfg.train.seed * 1000 + self.label)
+        for stale in self.run.sweep_temporaries(self.label):  # a killed predecessor's half-written files
+            logger.info("label %d: removed %s", self.label, stale.name)
         return pair, restore(self.run, self.label, pair)
 
     def run(self) -> dict:
@@ -83,7 +88,7 @@ class LabelTrainer:
                                     pair.images_per_step)
         self._wait_for_all_labels()
         self._report("progress", {"step": resume.start_step, "elapsed_s": resume.elapsed_s, "budget_s": train.budget_s,
-                                  "restarts": restarts, "state": "loaded",
+                                  "restarts": restarts, "state": "loaded", "resumed_from_s": resume.elapsed_s,
                                   "setup_s": time.monotonic() - load_start, "device": str(pair.device)})
 
         def on_log(row: dict) -> None:
@@ -105,8 +110,10 @@ class LabelTrainer:
             "label": self.label,
             "steps": result.steps,
             "elapsed_s": round(result.elapsed_s, 3),
-            "steps_per_s": result.steps_per_s,
-            "images_per_s": result.images_per_s,
+            # Over all the training kept in checkpoints, so a resumed (or already finished) run
+            # reports its real rate, not this session's alone.
+            "steps_per_s": result.steps / result.elapsed_s if result.elapsed_s > 0 else 0.0,
+            "images_per_s": checkpointer.images_seen / result.elapsed_s if result.elapsed_s > 0 else 0.0,
             "critic_loss": last.get("critic_loss"),
             "generator_loss": last.get("generator_loss"),
             "wasserstein": last.get("wasserstein"),
@@ -125,23 +132,28 @@ class LabelTrainer:
         if self._collector is None and self.collector_name is not None:
             import ray
 
-            self._collector = ray.get_actor(self.collector_name)
+            self._collector = ray.get_actor(self.collector_name, namespace=NAMESPACE)
         return self._collector
 
-    def _wait_for_all_labels(self, poll_s: float = 0.5) -> None:
+    def _wait_for_all_labels(self, retry_s: float = 1.0) -> None:
         """Start the budget clock only when every label is loaded and ready.
 
         Ray starts actor processes a few at a time (about one per CPU), so on a busy node
         the first labels would otherwise train while the last ones still import torch, and
-        the labels would not share the machine equally within the budget.
+        the labels would not share the machine equally within the budget. One call, answered
+        when the line opens; if the collector dies meanwhile, Ray restarts it and we ask again.
         """
         if self.collector is None:
             return
         import ray
 
-        ray.get(self.collector.mark_ready.remote(self.label))
-        while not ray.get(self.collector.all_ready.remote()):
-            time.sleep(poll_s)
+        while True:
+            try:
+                ray.get(self.collector.wait_for_start.remote(self.label))
+                return
+            except ray.exceptions.RayActorError:
+                logger.warning("label %d: the collector died at the start line; asking its successor", self.label)
+                time.sleep(retry_s)
 
     def _report(self, kind: str, payload) -> None:
         if self.collector is not None:
@@ -166,6 +178,6 @@ def _telemetry(run_id: str, label: int, start_step: int):
 
     if not ray.is_initialized():
         return None
-    from workers.telemetry import LabelMetrics
+    from workers.telemetry import LabelMetrics  # deferred: ray.util.metrics, only inside a Ray actor
 
     return LabelMetrics(run_id, label, start_step)

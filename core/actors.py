@@ -1,0 +1,33 @@
+"""How a run's Ray actors are named: one fixed namespace, so any driver or `wcgan status` finds them.
+
+    wcgan/<run id>/label-<k>     one per label (or the label's pack, see the resource plan)
+    wcgan/<run id>/collector     the run's coordinator
+
+Actors live in the namespace ``wcgan`` whichever driver started them (`wcgan train`, a
+`ray job submit` entrypoint, a sweep), so a second driver for a live run id sees the first
+one's actors and refuses to start.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Optional
+
+NAMESPACE = "wcgan"
+_NAME = re.compile(r"^wcgan/(?P<run>[^/]+)/(?:label-(?P<label>\d+)|(?P<collector>collector))$")
+
+
+def label_actor(run_id: str, label: int) -> str:
+    return f"wcgan/{run_id}/label-{label}"
+
+
+def collector_actor(run_id: str) -> str:
+    return f"wcgan/{run_id}/collector"
+
+
+def parse(name: str) -> Optional[tuple[str, Optional[int]]]:
+    """(run id, label) of a label actor's name, (run id, None) of a collector's, else None."""
+    m = _NAME.match(name or "")
+    if not m:
+        return None
+    return m["run"], (int(m["label"]) if m["label"] is not None else None)

@@ -1,0 +1,162 @@
+"""Waiting for the label actors: progress, a deadline, stalled labels, and failures kept per label.
+
+The driver never waits without a bound and never lets one label's failure end the others:
+
+* Each label's ``run()`` ends in a summary or a failure of that label alone: bad data found
+  in the actor (with the file's path), an exception, an actor that died after its restarts,
+  or any other Ray error (object lost, out of memory, ...).
+* A label in training that reports no new step for ``train.stall_timeout_s`` is killed with
+  Ray's restart allowed: while restarts remain, Ray re-creates it and it resumes from its
+  latest checkpoint; when none remain, it fails.
+* Past ``budget_s + deadline_grace_s`` from the start, labels still running are stopped and
+  reported as failed.
+* The collector may die and be restarted by Ray meanwhile: a progress poll that does not
+  answer is skipped, and training goes on.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass, field
+from typing import Callable
+
+import ray
+
+from core.config import Config
+from core.errors import ConfigError
+from orchestrator.progress import format_progress
+
+logger = logging.getLogger(__name__)
+
+PROGRESS_TIMEOUT_S = 10.0
+
+
+@dataclass
+class Outcome:
+    summaries: dict[int, dict] = field(default_factory=dict)
+    failures: dict[int, str] = field(default_factory=dict)
+    user_errors: dict[int, ConfigError] = field(default_factory=dict)  # bad data found by the actor
+
+
+def stall_timeout_s(cfg: Config) -> float:
+    return cfg.train.stall_timeout_s or max(60.0, 12 * cfg.train.log_every_s)
+
+
+class Supervisor:
+    def __init__(self, cfg: Config, actors: dict[int, ray.actor.ActorHandle], collector,
+                 on_poll: Callable[[], None] = lambda: None):
+        self.cfg = cfg
+        self.actors = actors
+        self.collector = collector
+        self.on_poll = on_poll  # e.g. renew the run's lock
+        self.outcome = Outcome()
+        self._last_step: dict[int, tuple[int, float]] = {}  # label -> (step, when it was first seen)
+        self._progress: dict[int, dict] = {}
+        self._exiting: list = []  # refs of finished actors' graceful exits
+
+    def run(self) -> Outcome:
+        train = self.cfg.train
+        pending = {actor.run.remote(): label for label, actor in self.actors.items()}
+        t0 = time.monotonic()
+        deadline = t0 + train.budget_s + train.deadline_grace_s
+        while pending:
+            done, _ = ray.wait(list(pending), num_returns=len(pending), timeout=train.log_every_s)
+            for ref in done:
+                self._settle(pending.pop(ref), ref)
+            self.on_poll()
+            progress = self._poll_progress()
+            if progress:
+                logger.info(format_progress(progress, train.budget_s, time.monotonic() - t0))
+            if time.monotonic() > deadline:
+                self._give_up(pending, f"not done {train.budget_s + train.deadline_grace_s:g}s after the start "
+                                       f"(train.budget_s + train.deadline_grace_s)")
+                break
+            self._restart_stalled(set(pending.values()))
+        return self.outcome
+
+    # ------------------------------------------------------------------ one label's end
+
+    def _settle(self, label: int, ref) -> None:
+        try:
+            self.outcome.summaries[label] = ray.get(ref)
+            self._retire(label)
+            return
+        except ray.exceptions.RayTaskError as err:
+            cause = err.as_instanceof_cause()
+            if isinstance(cause, ConfigError):
+                self.outcome.user_errors[label] = cause
+                message = str(cause)  # names the file or setting
+            else:
+                message = _last_line(err)
+        except ray.exceptions.RayActorError as err:
+            message = f"actor died after {self.cfg.max_restarts} restart(s): {_first_line(err)}"
+        except ray.exceptions.RayError as err:  # object lost, out of memory, ...: this label's failure only
+            message = f"{type(err).__name__}: {_first_line(err)}"
+        self._fail(label, message)
+
+    def _fail(self, label: int, message: str) -> None:
+        self.outcome.failures[label] = message
+        logger.error("label %d failed: %s", label, message)
+        try:
+            self.collector.report_failed.remote(label, message)
+        except Exception:  # the collector is being restarted: the driver's outcome is what counts
+            pass
+
+    def _retire(self, label: int) -> None:
+        """A finished actor exits on its own: no kill signal, so no traceback in the user's log."""
+        # No retries: the call ends with the actor (retrying it would log a false alarm).
+        self._exiting.append(self.actors.pop(label).__ray_terminate__.options(max_task_retries=0).remote())
+
+    def wait_for_exits(self, timeout_s: float = 30.0) -> None:
+        """Let the finished actors leave before their placement group is removed (which would kill them)."""
+        if self._exiting:
+            ray.wait(self._exiting, num_returns=len(self._exiting), timeout=timeout_s)
+
+    def _give_up(self, pending: dict, why: str) -> None:
+        for label in sorted(pending.values()):
+            ray.kill(self.actors[label], no_restart=True)
+            self._fail(label, why)
+        pending.clear()
+
+    # ------------------------------------------------------------------ watching progress
+
+    def _poll_progress(self) -> dict[int, dict]:
+        try:
+            state = ray.get(self.collector.progress.remote(), timeout=PROGRESS_TIMEOUT_S)
+        except (ray.exceptions.GetTimeoutError, ray.exceptions.RayActorError) as err:
+            logger.warning("the collector did not answer (%s); the labels keep training while Ray restarts it",
+                           type(err).__name__)
+            return {}
+        self._progress = {int(k): v for k, v in state.items()}
+        for label, failure in self.outcome.failures.items():  # the driver's word is final
+            self._progress[label] = {**self._progress.get(label, {}), "state": "failed", "error": failure}
+        return self._progress
+
+    def _restart_stalled(self, running: set[int]) -> None:
+        now, limit = time.monotonic(), stall_timeout_s(self.cfg)
+        for label in sorted(running):
+            state = self._progress.get(label, {})
+            step = int(state.get("step") or 0)
+            seen_step, since = self._last_step.get(label, (None, now))
+            if step != seen_step or state.get("state") != "training":
+                self._last_step[label] = (step, now)
+                continue
+            if now - since >= limit:
+                logger.warning("label %d: no progress for %.0fs at step %d (train.stall_timeout_s=%g); restarting "
+                               "it from its latest checkpoint", label, now - since, step, limit)
+                ray.kill(self.actors[label], no_restart=False)  # Ray re-creates it while restarts remain
+                self._last_step[label] = (step, now)
+
+
+def _first_line(err: Exception) -> str:
+    text = str(err).strip()
+    return text.splitlines()[0] if text else repr(err)
+
+
+def _last_line(err: Exception) -> str:
+    text = str(err).strip()
+    return text.splitlines()[-1] if text else repr(err)
+
+
+__all__ = ["Supervisor", "Outcome", "stall_timeout_s"]
