@@ -25,6 +25,14 @@ def collector_actor(run_id: str) -> str:
     return f"wcgan/{run_id}/collector"
 
 
+def live_actors(run_id: str) -> list[str]:
+    """Names of the run's actors alive on the connected cluster (one call, however many labels)."""
+    import ray  # deferred: this module is also read where Ray is not connected (names only)
+
+    return sorted(a["name"] for a in ray.util.list_named_actors(all_namespaces=True)
+                  if a.get("namespace") == NAMESPACE and (parse(a["name"]) or ("",))[0] == run_id)
+
+
 def parse(name: str) -> Optional[tuple[str, Optional[int]]]:
     """(run id, label) of a label actor's name, (run id, None) of a collector's, else None."""
     m = _NAME.match(name or "")

@@ -82,9 +82,9 @@ class TrainConfig(_Section):
     # None keeps every checkpoint (the collector scores them over time); N keeps the newest N.
     keep_checkpoints: Optional[int] = Field(default=None, ge=1)
     log_every_s: float = Field(default=5.0, gt=0)
-    # The driver gives up on a label budget_s + deadline_grace_s after the labels started (start-up,
-    # checkpoints and restarts are paid from the grace), and restarts a label that reported no
-    # progress for stall_timeout_s (default: 12 log intervals, at least 60 s).
+    # The driver gives up on a label budget_s + deadline_grace_s after the start line opened
+    # (checkpoints and restarts are paid from the grace), and restarts a label that reported no
+    # new step for stall_timeout_s (default: 12 log intervals, at least 60 s).
     deadline_grace_s: float = Field(default=600.0, gt=0)
     stall_timeout_s: Optional[float] = Field(default=None, gt=0)
     seed: int = 0

@@ -85,7 +85,10 @@ class Collector:
     def _maybe_open(self) -> None:
         if not self.opened and len(self.ready | self.failed) >= len(self.labels):
             self.opened = True
-            write_text(self.run.started, f"{time.time()}\n")
+            try:
+                write_text(self.run.started, f"{time.time()}\n")
+            except OSError as err:  # a storage hiccup: the line opens all the same
+                logger.warning("could not record the opened start line in %s (%s)", self.run.started, err)
         if self.opened and self._all_ready is not None:
             self._all_ready.set()
 
@@ -96,18 +99,14 @@ class Collector:
 
     # ------------------------------------------------------------- the end of a run
 
-    def finalize(self, summaries: Optional[list[dict]] = None, evaluate: bool = True) -> dict:
-        """Summary table and sample grid; then the metrics (results.csv, plots, report.md).
-
-        The driver passes the summaries it got from the label actors: their fire-and-forget
-        `report_done` calls may still be in flight when it calls this.
-        """
-        # Deferred: torch, pandas and matplotlib would slow this actor's start, beside the label actors'.
+    def finalize(self, evaluate: bool = True) -> dict:
+        """The sample grid, then the metrics (results.csv, plots, report.md). Runs on this actor's event
+        loop, so progress calls wait meanwhile; by then every label is done."""
+        # Deferred: torch and matplotlib would slow this actor's start, beside the label actors'.
         from metrics.evaluate import evaluate_run
         from metrics.grid import save_run_grid
 
-        summaries = summaries if summaries is not None else list(self.summaries.values())
-        outputs = {"summary": str(write_summary(self.run, summaries)), "grid": str(save_run_grid(self.run))}
+        outputs = {"grid": str(save_run_grid(self.run))}
         if evaluate:
             evaluate_run(self.run.path)
             outputs["results"] = str(self.run.results_csv)

@@ -32,7 +32,7 @@ from typing import Optional
 
 import pandas as pd
 
-from core.actors import NAMESPACE, collector_actor, label_actor
+from core.actors import NAMESPACE, collector_actor, label_actor, live_actors
 from core.logs import configure as configure_logging
 from core.rundir import RunDir, load_checkpoint
 from orchestrator.local_head import LocalHead
@@ -168,22 +168,13 @@ class Chaos:
         fault.survived = True
 
     def kill_driver(self, fault: Fault, log) -> None:
-        import ray
-
         before = self.progress()
         self.driver.kill()  # SIGKILL: no clean-up at all
         at_kill = {k: self.elapsed_now(v) for k, v in before.items() if v.get("state") == "training"}
         self.driver.wait()
         self.driver = None  # killed on purpose
 
-        def gone() -> bool:
-            try:
-                ray.get_actor(collector_actor(RUN_ID), namespace=NAMESPACE)
-                return False
-            except ValueError:
-                return True
-
-        self.wait_for(gone, "the killed driver's actors to go")  # they die with their owner
+        self.wait_for(lambda: not live_actors(RUN_ID), "the killed driver's actors to go")  # they die with their owner
         self.start_driver(log)  # the same command again: it resumes
         self.wait_for(lambda: all("resumed_from_s" in self.progress().get(k, {}) for k in self.labels),
                       "every label back after the driver was re-run")

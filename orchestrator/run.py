@@ -18,12 +18,12 @@ import ray
 from ray.util.placement_group import placement_group, remove_placement_group
 from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
 
-from core.actors import NAMESPACE, collector_actor, label_actor
+from core.actors import NAMESPACE, collector_actor, label_actor, live_actors
 from core.config import Config, dump_config, load_config
 from core.errors import ConfigError, PlacementError, RunFailed
 from core.rundir import RunDir, write_text
 from core.runlock import RunLock
-from metrics.collector import Collector
+from metrics.collector import Collector, write_summary
 from metrics.inception import resolve_inception_weights
 from orchestrator.cluster import alive_nodes, connect
 from orchestrator.preflight import check_storage
@@ -124,13 +124,11 @@ def _check_metrics_inputs(cfg: Config, evaluate: bool) -> None:
 
 def _refuse_live_run(run_id: str) -> None:
     """A second driver for a run whose actors are alive on this cluster would train every label twice."""
-    try:
-        ray.get_actor(collector_actor(run_id), namespace=NAMESPACE)
-    except ValueError:
-        return
-    raise ConfigError(f"run {run_id} is already running on this cluster (its actors {collector_actor(run_id)} and "
-                      f"{label_actor(run_id, 0)}... are alive; `wcgan status --run {run_id}` shows them). Wait for it, "
-                      f"or stop it first, or use another run.id.")
+    alive = live_actors(run_id)
+    if alive:
+        raise ConfigError(f"run {run_id} is already running on this cluster ({len(alive)} of its actors are alive, "
+                          f"e.g. {alive[0]}; `wcgan status --run {run_id}` shows them). Wait for it, or stop it "
+                          f"first, or use another run.id.")
 
 
 def start_collector(run: RunDir, run_id: str, labels):
@@ -138,6 +136,8 @@ def start_collector(run: RunDir, run_id: str, labels):
     run.started.unlink(missing_ok=True)  # this driver's labels meet at a fresh start line
     return ray.remote(Collector).options(
         name=collector_actor(run_id), namespace=NAMESPACE, num_cpus=0, max_restarts=-1, max_task_retries=3,
+        # An async actor: every label waits at the start line in one call, and each holds a slot.
+        max_concurrency=len(labels) + 32,
     ).remote(str(run.path), list(labels), logging.getLevelName(logger.getEffectiveLevel()))
 
 
@@ -161,7 +161,7 @@ def train(cfg: Config, address: Optional[str] = None, evaluate: Optional[bool] =
     logger.info("run %s: %s %dx%dx%d, %d labels, budget %gs per label; %s", run_id, info.name, info.image_size,
                 info.image_size, info.channels, len(info.labels), cfg.train.budget_s, plan.describe())
 
-    created_dir = not run.path.exists()
+    existed = run.path.exists()
     lock = RunLock(run, ray_address=ray.get_runtime_context().gcs_address)
     pg = None
     actors: dict[int, ray.actor.ActorHandle] = {}
@@ -186,17 +186,19 @@ def train(cfg: Config, address: Optional[str] = None, evaluate: Optional[bool] =
         collector = start_collector(run, run_id, info.labels)
         actors.update(zip(info.labels, start_label_actors(run.path, cfg, run_id, info.labels, plan, pg,
                                                           collector_actor(run_id))))
-        supervisor = Supervisor(cfg, actors, collector, on_poll=lock.renew)  # takes finished actors out of `actors`
+        supervisor = Supervisor(cfg, actors, collector, started=run.started.exists)  # removes finished actors
         outcome = supervisor.run()
         supervisor.wait_for_exits()
         if outcome.user_errors and not outcome.summaries and not run.has_checkpoints(info.labels):
             raise next(iter(outcome.user_errors.values()))  # bad data and nothing trained: a user error, exit 2
         release()  # scoring needs none of the label actors' devices
         summaries = [outcome.summaries[k] for k in sorted(outcome.summaries)]
+        outputs = {"summary": str(write_summary(run, summaries))} if summaries else {}
         do_eval = do_eval and not outcome.failures  # a partial ensemble is scored after the resume
         logger.info("%s; collecting%s", "all labels done" if not outcome.failures else
                     f"{len(summaries)} of {len(info.labels)} labels done", " and scoring the ensemble" if do_eval else "")
-        outputs = ray.get(collector.finalize.remote(summaries, evaluate=do_eval)) if summaries else {}
+        if summaries:
+            outputs.update(_finalize(collector, run, do_eval))
         if outcome.failures:
             raise RunFailed(
                 f"{len(outcome.failures)} of {len(info.labels)} labels failed: "
@@ -207,10 +209,12 @@ def train(cfg: Config, address: Optional[str] = None, evaluate: Optional[bool] =
         logger.info("run directory: %s", run.path)
         return RunResult(run.path, plan, summaries, outputs, time.monotonic() - t_start)
     except (ConfigError, KeyboardInterrupt):
-        # Bad input or an interrupt before any work was saved: leave no half-written run.
+        # Bad input or an interrupt before any work was saved: leave no half-written run (only ours:
+        # a driver refused by another's lock must not touch that run's directory).
         release()  # first, so no actor writes a checkpoint into the directory being removed
+        ours = lock.held
         lock.release()
-        if created_dir and not run.has_checkpoints(info.labels):
+        if ours and not existed and not run.has_checkpoints(info.labels):
             shutil.rmtree(run.path, ignore_errors=True)
         raise
     finally:
@@ -218,6 +222,16 @@ def train(cfg: Config, address: Optional[str] = None, evaluate: Optional[bool] =
         if collector is not None:
             ray.kill(collector, no_restart=True)
         lock.release()
+
+
+def _finalize(collector, run: RunDir, evaluate: bool) -> dict:
+    """The sample grid and, if asked, the scores; a failure here loses no training, so say how to redo it."""
+    try:
+        return ray.get(collector.finalize.options(max_task_retries=0).remote(evaluate=evaluate))
+    except ray.exceptions.RayError as err:
+        raise RunFailed(f"every label finished, but scoring failed ({type(err).__name__}: "
+                        f"{str(err).strip().splitlines()[-1] if str(err).strip() else err!r}). Training is kept in "
+                        f"{run.path}; `wcgan evaluate --run {run.path}` scores it again.") from err
 
 
 __all__ = ["train", "RunResult", "new_run_id"]

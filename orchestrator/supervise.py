@@ -19,7 +19,7 @@ from __future__ import annotations
 import logging
 import time
 from dataclasses import dataclass, field
-from typing import Callable
+from typing import Callable, Optional
 
 import ray
 
@@ -45,12 +45,13 @@ def stall_timeout_s(cfg: Config) -> float:
 
 class Supervisor:
     def __init__(self, cfg: Config, actors: dict[int, ray.actor.ActorHandle], collector,
-                 on_poll: Callable[[], None] = lambda: None):
+                 started: Callable[[], bool] = lambda: False):
         self.cfg = cfg
         self.actors = actors
         self.collector = collector
-        self.on_poll = on_poll  # e.g. renew the run's lock
+        self.started = started  # whether the labels' start line has opened
         self.outcome = Outcome()
+        self._restarting: set[int] = set()  # killed for a stall; their old progress is stale
         self._last_step: dict[int, tuple[int, float]] = {}  # label -> (step, when it was first seen)
         self._progress: dict[int, dict] = {}
         self._exiting: list = []  # refs of finished actors' graceful exits
@@ -59,20 +60,24 @@ class Supervisor:
         train = self.cfg.train
         pending = {actor.run.remote(): label for label, actor in self.actors.items()}
         t0 = time.monotonic()
-        deadline = t0 + train.budget_s + train.deadline_grace_s
+        opened: Optional[float] = None  # when the start line opened: the budget clocks start there
         while pending:
             done, _ = ray.wait(list(pending), num_returns=len(pending), timeout=train.log_every_s)
             for ref in done:
                 self._settle(pending.pop(ref), ref)
-            self.on_poll()
+            if opened is None and self.started():
+                opened = time.monotonic()
             progress = self._poll_progress()
             if progress:
                 logger.info(format_progress(progress, train.budget_s, time.monotonic() - t0))
-            if time.monotonic() > deadline:
+            if time.monotonic() > (opened or t0) + train.budget_s + train.deadline_grace_s:
                 self._give_up(pending, f"not done {train.budget_s + train.deadline_grace_s:g}s after the start "
                                        f"(train.budget_s + train.deadline_grace_s)")
                 break
-            self._restart_stalled(set(pending.values()))
+            if progress:  # judge stalls on fresh news only
+                self._restart_stalled(set(pending.values()))
+            else:
+                self._last_step.clear()
         return self.outcome
 
     # ------------------------------------------------------------------ one label's end
@@ -83,7 +88,7 @@ class Supervisor:
             self._retire(label)
             return
         except ray.exceptions.RayTaskError as err:
-            cause = err.as_instanceof_cause()
+            cause = err.cause  # the actor's own exception, without Ray's header and traceback
             if isinstance(cause, ConfigError):
                 self.outcome.user_errors[label] = cause
                 message = str(cause)  # names the file or setting
@@ -122,6 +127,10 @@ class Supervisor:
     # ------------------------------------------------------------------ watching progress
 
     def _poll_progress(self) -> dict[int, dict]:
+        for label, failure in self.outcome.failures.items():
+            # Idempotent, so a restarted collector (which cannot know) hears of every failure too:
+            # its start line must not wait for a label that will never come.
+            self.collector.report_failed.remote(label, failure)
         try:
             state = ray.get(self.collector.progress.remote(), timeout=PROGRESS_TIMEOUT_S)
         except (ray.exceptions.GetTimeoutError, ray.exceptions.RayActorError) as err:
@@ -137,6 +146,10 @@ class Supervisor:
         now, limit = time.monotonic(), stall_timeout_s(self.cfg)
         for label in sorted(running):
             state = self._progress.get(label, {})
+            if label in self._restarting:
+                if state.get("state") == "training":
+                    continue  # still the killed incarnation's last report
+                self._restarting.discard(label)  # the new one has reported
             step = int(state.get("step") or 0)
             seen_step, since = self._last_step.get(label, (None, now))
             if step != seen_step or state.get("state") != "training":
@@ -146,7 +159,8 @@ class Supervisor:
                 logger.warning("label %d: no progress for %.0fs at step %d (train.stall_timeout_s=%g); restarting "
                                "it from its latest checkpoint", label, now - since, step, limit)
                 ray.kill(self.actors[label], no_restart=False)  # Ray re-creates it while restarts remain
-                self._last_step[label] = (step, now)
+                self._restarting.add(label)
+                self._last_step.pop(label, None)
 
 
 def _first_line(err: Exception) -> str:

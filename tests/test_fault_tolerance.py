@@ -51,6 +51,25 @@ def test_a_damaged_latest_checkpoint_is_skipped_for_the_previous_one(tmp_path):
     assert (latest.parent / (latest.name + ".corrupt")).is_file()  # ...but kept for inspection
 
 
+def test_a_storage_error_is_not_mistaken_for_a_damaged_checkpoint(tmp_path):
+    cfg, pair = _pair()
+    run = RunDir(tmp_path / "run")
+    save_checkpoint({"state": pair.state_dict(), "elapsed_s": 1.0}, run.checkpoint_path(0, 3))
+    run.checkpoint_path(0, 6).mkdir()  # reading it fails with an OSError, as a flaky mount would
+    with pytest.raises(IsADirectoryError):
+        restore(run, 0, _pair()[1])
+    assert [s for s, _ in run.checkpoints(0)] == [3, 6]  # nothing renamed: the label fails and retries
+
+
+def test_no_readable_checkpoint_fails_instead_of_starting_over(tmp_path):
+    cfg, pair = _pair()
+    run = RunDir(tmp_path / "run")
+    run.owner_dir(0).mkdir(parents=True)
+    run.checkpoint_path(0, 3).write_bytes(b"not a checkpoint")
+    with pytest.raises(RuntimeError, match="none of the 1 checkpoint"):
+        restore(run, 0, pair)  # starting from step 0 would silently throw away the budget spent
+
+
 def test_a_killed_writers_temporary_files_are_swept(tmp_path):
     run = RunDir(tmp_path / "run")
     run.owner_dir(2).mkdir(parents=True)
@@ -76,8 +95,10 @@ def test_a_live_lock_refuses_a_second_writer_and_a_stale_one_is_taken_over(tmp_p
     lock.acquire()
     assert "taking over the stale lock" in caplog.text
     assert json.loads(run.lock.read_text())["pid"] == os.getpid()
+    with pytest.raises(ConfigError, match="being trained by another driver"):  # ours is live now
+        RunLock(run).acquire()
     lock.release()
-    assert not run.lock.exists()
+    assert not run.lock.exists() and not list(run.path.glob(".lock*"))
 
 
 def test_a_lock_of_a_dead_process_on_this_host_is_stale_at_once(tmp_path):
@@ -88,7 +109,13 @@ def test_a_lock_of_a_dead_process_on_this_host_is_stale_at_once(tmp_path):
         os._exit(0)
     os.waitpid(dead, 0)
     run.lock.write_text(json.dumps({"host": socket.gethostname(), "pid": dead, "renewed": time.time()}))
-    RunLock(run).acquire()  # no error: the holder is gone
+    lock = RunLock(run)
+    lock.acquire()  # no error: the holder is gone, however fresh its last renewal
+    lock.release()
+    # A live process on this host holds it however old its renewal: the process table decides.
+    run.lock.write_text(json.dumps({"host": socket.gethostname(), "pid": os.getppid(), "renewed": 0}))
+    with pytest.raises(ConfigError, match="being trained by another driver"):
+        RunLock(run).acquire()
 
 
 # ------------------------------------------------------------------ the collector can be rebuilt (no Ray)
@@ -151,7 +178,7 @@ class _Stuck:
 
     def __init__(self, marker: str):
         with open(marker, "a") as f:
-            f.write("started\n")
+            f.write(f"started {os.getpid()}\n")
 
     def run(self):
         time.sleep(3600)
@@ -159,7 +186,17 @@ class _Stuck:
 
 @ray.remote
 class _FrozenProgress:
+    """The collector's view of a label stuck at step 5: 'training' while its latest process lives."""
+
+    def __init__(self, marker: str):
+        self.marker = marker
+
     def progress(self):
+        try:
+            pid = int(open(self.marker).read().split()[-1])
+            os.kill(pid, 0)
+        except (OSError, ValueError, IndexError):
+            return {0: {"state": "setting up"}}  # between incarnations
         return {0: {"state": "training", "step": 5}}
 
     def report_failed(self, label, message):
@@ -168,9 +205,10 @@ class _FrozenProgress:
 
 def test_a_stalled_label_is_restarted_then_failed_when_no_restarts_remain(ray_local, tmp_path):
     marker = tmp_path / "starts"
-    cfg = small_config(tmp_path, "train.log_every_s=0.5", "train.stall_timeout_s=2", "max_restarts=1")
+    cfg = small_config(tmp_path, "train.log_every_s=0.5", "train.stall_timeout_s=2", "max_restarts=1",
+                       "train.deadline_grace_s=30")  # without stall restarts it fails at the deadline
     stuck = _Stuck.options(max_restarts=1, max_task_retries=1).remote(str(marker))
-    outcome = Supervisor(cfg, {0: stuck}, _FrozenProgress.remote()).run()
+    outcome = Supervisor(cfg, {0: stuck}, _FrozenProgress.remote(str(marker))).run()
     assert marker.read_text().count("started") == 2  # killed once and re-created by Ray...
     assert "died after 1 restart" in outcome.failures[0]  # ...then killed again, with no restart left
 

@@ -42,11 +42,15 @@ def restore(run: RunDir, owner: Owner, pair: WGANGP, restore_rng: bool = True) -
     A checkpoint that fails to load (truncated by a dying disk, say) is moved out of the way and
     the previous one is tried, so one bad file costs one checkpoint interval, not the run.
     """
-    for _, path in reversed(run.checkpoints(owner)):
+    found = run.checkpoints(owner)
+    for _, path in reversed(found):
         try:
-            blob = load_checkpoint(path, map_location=pair.device)
-        except Exception as err:  # unpickling or zip errors: the file is damaged
-            logger.warning("skipping unreadable checkpoint %s (%s: %s)", path, type(err).__name__, err)
+            # On the CPU: a GPU still freeing a dead predecessor's memory must not look like damage.
+            blob = load_checkpoint(path, map_location="cpu")
+        except OSError:
+            raise  # the storage, not the file (NFS hiccup, permissions): fail, retry later, keep the file
+        except Exception as err:  # zip, unpickling, EOF: the file itself is damaged
+            logger.warning("skipping damaged checkpoint %s (%s: %s)", path, type(err).__name__, err)
             try:
                 run.quarantine(path)  # out of every listing; a data-parallel peer may have moved it already
             except OSError:
@@ -55,6 +59,8 @@ def restore(run: RunDir, owner: Owner, pair: WGANGP, restore_rng: bool = True) -
         pair.load_state_dict(blob["state"], restore_rng=restore_rng)
         return Resume(pair.generator_steps, float(blob["elapsed_s"]), int(blob.get("images_seen", 0)),
                       int(blob.get("restarts", 0)), path)
+    if found:  # starting from scratch would silently discard the budget already spent
+        raise RuntimeError(f"none of the {len(found)} checkpoint(s) in {run.owner_dir(owner)} loads (moved to *.corrupt)")
     return Resume()
 
 

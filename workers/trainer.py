@@ -24,7 +24,7 @@ import torch
 from core.actors import NAMESPACE
 from core.config import Config
 from core.logs import configure as configure_logging
-from core.rundir import History, RunDir
+from core.rundir import History, RunDir, write_text
 from workers.checkpoint import Checkpointer, Resume, restore
 from workers.data import load_label
 from workers.gan import WGANGP, pick_device, use_fast_fixed_shape_kernels
@@ -75,13 +75,15 @@ class LabelTrainer:
     def run(self) -> dict:
         train = self.cfg.train
         load_start = time.monotonic()
+        # First word of this incarnation: the driver stops reading the last one's (maybe stale) progress.
+        self._report("progress", {"state": "setting up"})
         try:
             pair, resume = self._setup()
         except BaseException as err:
             # Tell the collector, so the other labels do not wait for this one at the start line.
             self._report("failed", f"{type(err).__name__}: {err}")
             raise
-        restarts = resume.restarts + (1 if _was_restarted() else 0)
+        restarts = self._count_restarts(resume)
         telemetry = _telemetry(self.run_id, self.label, resume.start_step)
         history = History(self.run.history(self.label), keep_up_to=resume.start_step)
         checkpointer = Checkpointer(self.run, self.label, pair, self.cfg, resume, restarts, [self.label],
@@ -124,6 +126,18 @@ class LabelTrainer:
         }
         self._report("done", summary)
         return summary
+
+    def _count_restarts(self, resume: Resume) -> int:
+        """Restarts of this label over the whole run. Counted in a file as well as in checkpoints:
+        two deaths within one checkpoint interval must count twice."""
+        path = self.run.owner_dir(self.label) / ".restarts"
+        try:
+            counted = int(path.read_text())
+        except (OSError, ValueError):
+            counted = 0
+        restarts = max(resume.restarts, counted) + (1 if _was_restarted() else 0)
+        write_text(path, str(restarts))
+        return restarts
 
     # ------------------------------------------------------------------ the collector
 
