@@ -46,7 +46,7 @@ RUN_ID = "chaos"
 @dataclass
 class Fault:
     kind: str                       # "label", "collector" or "driver"
-    at_s: float                     # seconds after the start line opened
+    at_s: float                     # seconds after the start line opened (planned, then actual)
     label: Optional[int] = None
     survived: bool = False
     lost_s: dict[int, float] = field(default_factory=dict)  # label -> training time lost
@@ -200,7 +200,8 @@ class Chaos:
                 t0 = time.monotonic()
                 for fault in faults:
                     time.sleep(max(0.0, fault.at_s - (time.monotonic() - t0)))
-                    logger.info("t=%5.1fs: killing the %s", time.monotonic() - t0, fault.kind)
+                    fault.at_s = time.monotonic() - t0  # when it happened (recoveries delay the next)
+                    logger.info("t=%5.1fs: killing the %s", fault.at_s, fault.kind)
                     {"label": self.kill_label, "collector": self.kill_collector,
                      "driver": lambda f: self.kill_driver(f, log)}[fault.kind](fault)
                 code = self.driver.wait(timeout=self.budget_s + 600)
