@@ -15,18 +15,13 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from pathlib import Path
 from typing import Optional
 
-import pandas as pd
-
 from core.logs import configure as configure_logging
-from core.rundir import RunDir, checkpoint_meta, write_csv, write_text
+from core.rundir import RunDir, checkpoint_meta, write_text
 
 logger = logging.getLogger(__name__)
 
-SUMMARY_COLUMNS = ["label", "steps", "elapsed_s", "steps_per_s", "images_per_s", "critic_loss",
-                   "generator_loss", "wasserstein", "restarts", "device", "resumed_from_step", "first_step_unix"]
 
 
 class Collector:
@@ -35,7 +30,6 @@ class Collector:
         self.run = RunDir(run_dir)
         self.labels = list(labels)
         self.state: dict[int, dict] = {k: self._restored_state(k) for k in self.labels}
-        self.summaries: dict[int, dict] = {}
         self.ready: set[int] = set()
         self.failed: set[int] = set()
         self._all_ready: Optional[asyncio.Event] = None  # made in the actor's event loop
@@ -61,7 +55,6 @@ class Collector:
         self.state[label] = {**self.state.get(label, {}), "last_checkpoint_step": meta["step"]}
 
     def report_done(self, label: int, summary: dict) -> None:
-        self.summaries[label] = summary
         self.state[label] = {**self.state.get(label, {}), **summary, "step": summary["steps"], "state": "done"}
 
     def report_failed(self, label: int, error: str) -> None:
@@ -113,7 +106,3 @@ class Collector:
             outputs["report"] = str(self.run.report)
         return outputs
 
-
-def write_summary(run: RunDir, summaries) -> Path:
-    frame = pd.DataFrame(list(summaries), columns=SUMMARY_COLUMNS).sort_values("label")
-    return write_csv(frame, run.summary_csv)

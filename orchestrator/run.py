@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional
 
+import pandas as pd
 import ray
 from ray.util.placement_group import placement_group, remove_placement_group
 from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
@@ -21,9 +22,9 @@ from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
 from core.actors import NAMESPACE, collector_actor, label_actor, live_actors
 from core.config import Config, dump_config, load_config
 from core.errors import ConfigError, PlacementError, RunFailed
-from core.rundir import RunDir, write_text
+from core.rundir import RunDir, write_csv, write_text
 from core.runlock import RunLock
-from metrics.collector import Collector, write_summary
+from metrics.collector import Collector
 from metrics.inception import resolve_inception_weights
 from orchestrator.cluster import alive_nodes, connect
 from orchestrator.preflight import check_storage
@@ -222,6 +223,16 @@ def train(cfg: Config, address: Optional[str] = None, evaluate: Optional[bool] =
         if collector is not None:
             ray.kill(collector, no_restart=True)
         lock.release()
+
+
+SUMMARY_COLUMNS = ["label", "steps", "elapsed_s", "steps_per_s", "images_per_s", "critic_loss",
+                   "generator_loss", "wasserstein", "restarts", "device", "resumed_from_step", "first_step_unix"]
+
+
+def write_summary(run: RunDir, summaries: list[dict]) -> Path:
+    """summary.csv: one row per finished label, from the summaries the label actors returned."""
+    frame = pd.DataFrame(summaries, columns=SUMMARY_COLUMNS).sort_values("label")
+    return write_csv(frame, run.summary_csv)
 
 
 def _finalize(collector, run: RunDir, evaluate: bool) -> dict:

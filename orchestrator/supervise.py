@@ -51,7 +51,7 @@ class Supervisor:
         self.collector = collector
         self.started = started  # whether the labels' start line has opened
         self.outcome = Outcome()
-        self._restarting: set[int] = set()  # killed for a stall; their old progress is stale
+        self._restarting: dict[int, int] = {}  # killed for a stall -> its restart count then
         self._last_step: dict[int, tuple[int, float]] = {}  # label -> (step, when it was first seen)
         self._progress: dict[int, dict] = {}
         self._exiting: list = []  # refs of finished actors' graceful exits
@@ -147,9 +147,9 @@ class Supervisor:
         for label in sorted(running):
             state = self._progress.get(label, {})
             if label in self._restarting:
-                if state.get("state") == "training":
+                if state.get("state") == "training" and int(state.get("restarts") or 0) <= self._restarting[label]:
                     continue  # still the killed incarnation's last report
-                self._restarting.discard(label)  # the new one has reported
+                del self._restarting[label]  # the new incarnation has reported
             step = int(state.get("step") or 0)
             seen_step, since = self._last_step.get(label, (None, now))
             if step != seen_step or state.get("state") != "training":
@@ -159,7 +159,7 @@ class Supervisor:
                 logger.warning("label %d: no progress for %.0fs at step %d (train.stall_timeout_s=%g); restarting "
                                "it from its latest checkpoint", label, now - since, step, limit)
                 ray.kill(self.actors[label], no_restart=False)  # Ray re-creates it while restarts remain
-                self._restarting.add(label)
+                self._restarting[label] = int(state.get("restarts") or 0)
                 self._last_step.pop(label, None)
 
 

@@ -186,18 +186,20 @@ class _Stuck:
 
 @ray.remote
 class _FrozenProgress:
-    """The collector's view of a label stuck at step 5: 'training' while its latest process lives."""
+    """The collector's view of a label stuck at step 5, with the restart count its latest incarnation
+    reports (as a restarted label actor does)."""
 
     def __init__(self, marker: str):
         self.marker = marker
 
     def progress(self):
         try:
-            pid = int(open(self.marker).read().split()[-1])
-            os.kill(pid, 0)
-        except (OSError, ValueError, IndexError):
-            return {0: {"state": "setting up"}}  # between incarnations
-        return {0: {"state": "training", "step": 5}}
+            incarnations = open(self.marker).read().count("started")
+        except OSError:
+            incarnations = 0
+        if not incarnations:
+            return {0: {"state": "setting up"}}
+        return {0: {"state": "training", "step": 5, "restarts": incarnations - 1}}
 
     def report_failed(self, label, message):
         pass
