@@ -10,6 +10,7 @@ from typing import Optional
 import ray
 
 from core.errors import ConfigError
+from orchestrator.jobs import AUTH_HINT, token_auth_requested
 
 logger = logging.getLogger(__name__)
 
@@ -31,6 +32,15 @@ def check_reachable(address: Optional[str], timeout_s: float = 5.0) -> None:
                           "pass the head's GCS address (host:6379, as for `ray start --address`)") from None
 
 
+def _refused_token(err: BaseException) -> bool:
+    """Whether the cluster turned the connection down for its token (somewhere in the cause chain)."""
+    while err is not None:
+        if "Authentication" in type(err).__name__ or "InvalidAuthToken" in str(err):
+            return True
+        err = err.__cause__ or err.__context__
+    return False
+
+
 def connect(address: Optional[str] = None) -> None:
     """Idempotent: reuses an existing connection (tests, `ray job submit` drivers)."""
     if ray.is_initialized():
@@ -46,9 +56,11 @@ def connect(address: Optional[str] = None) -> None:
         check_reachable(address)
         try:
             ray.init(address=address, log_to_driver=True)
-        except (ConnectionError, ValueError) as err:  # reachable, but no Ray there (or none on this machine)
+        except (ConnectionError, ValueError) as err:  # reachable, but no Ray there, or it refused our token
             first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
-            raise ConfigError(f"RAY_ADDRESS/--address: cannot connect to a Ray cluster at {address}: {first}") from None
+            hint = f" {AUTH_HINT}" if _refused_token(err) and not token_auth_requested() else ""
+            raise ConfigError(f"RAY_ADDRESS/--address: cannot connect to a Ray cluster at {address}: {first}."
+                              f"{hint}") from None
         logger.info("connected to Ray cluster at %s", address)
     else:
         ray.init(address="local", num_cpus=os.cpu_count(), log_to_driver=True)

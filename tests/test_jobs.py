@@ -104,3 +104,16 @@ def test_jobs_api_without_the_token_says_how_to_send_it(head):
     sub = subprocess.run([sys.executable, "-c", code], cwd=REPO, env=env, capture_output=True, text=True,
                          timeout=120)
     assert sub.returncode != 0 and "RAY_AUTH_MODE=token" in sub.stderr, sub.stderr[-2000:]
+
+
+def test_a_driver_without_the_token_is_told_how_to_send_it(head, tmp_path):
+    """`wcgan train --address` to a token cluster, the token not sent: exit 2 with the fix, no run directory."""
+    env = {k: v for k, v in os.environ.items() if k not in ("RAY_AUTH_MODE", "RAY_ADDRESS")}
+    storage = tmp_path / "runs"
+    sub = subprocess.run([sys.executable, "-m", "orchestrator", "train", "--address", head.gcs_address,
+                          "--set", f"run.storage={storage}", "--set", "dataset.labels=[0]",
+                          "--set", "metrics.enabled=false"],
+                         cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
+    assert sub.returncode == 2, sub.stderr[-3000:]
+    assert "cannot connect to a Ray cluster" in sub.stderr and "RAY_AUTH_MODE=token" in sub.stderr, sub.stderr[-3000:]
+    assert not storage.exists()
