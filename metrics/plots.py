@@ -13,7 +13,7 @@ import pandas as pd  # noqa: E402
 
 from core.fmt import isnan  # noqa: E402
 from core.rundir import RunDir, atomic_write  # noqa: E402
-from metrics.results import read_results, rows, value  # noqa: E402
+from metrics.results import read_results, read_table, rows, value  # noqa: E402
 
 
 def save_figure(fig, path: str | Path, dpi: int = 110) -> Path:
@@ -178,16 +178,12 @@ def make_plots(run_dir: str | Path) -> dict[str, Path]:
     """All plots of a run from its results.csv / per_label.csv, under run_dir/plots/."""
     out: dict[str, Path] = {}
     run = RunDir(run_dir)
-    results, per_label_path = read_results(run.results_csv), run.per_label_csv
+    results, per_label = read_results(run.results_csv), read_table(run.per_label_csv)
     if results is not None:
         p = plot_scores_over_time(results, run.plots / "fid_over_time.png")
         if p:
             out["fid_over_time"] = p
-    if per_label_path.is_file() and per_label_path.stat().st_size > 1:
-        try:
-            per_label = pd.read_csv(per_label_path)
-        except pd.errors.EmptyDataError:
-            per_label = pd.DataFrame()
+    if per_label is not None:
         p = plot_per_class(per_label, run.plots / "per_class_fid.png")
         if p:
             out["per_class_fid"] = p

@@ -19,18 +19,9 @@ from core.config import load_config
 from core import fmt
 from core.rundir import RunDir, write_text
 from metrics.plots import make_plots, space_label
-from metrics.results import read_results, value
+from metrics.results import read_results, read_table, value
 
 PER_LABEL_ROWS = 50
-
-
-def _read_csv(path: Path, **kw) -> Optional[pd.DataFrame]:
-    if not path.is_file():
-        return None
-    try:
-        return pd.read_csv(path, **kw)
-    except (pd.errors.EmptyDataError, pd.errors.ParserError):
-        return None
 
 
 def _score_name(metric: str, space: str, acc) -> str:
@@ -169,8 +160,8 @@ def render_report(run_dir: str | os.PathLike) -> Path:
     """(Re)writes run_dir/report.md and the plots from the files in the run directory; returns the report path."""
     run = RunDir(run_dir)
     results = read_results(run.results_csv)
-    per_label = _read_csv(run.per_label_csv)
-    summary = _read_csv(run.summary_csv)
+    per_label = read_table(run.per_label_csv)
+    summary = read_table(run.summary_csv)
     meta = {}
     if run.metrics_json.is_file():
         try:

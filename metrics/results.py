@@ -11,15 +11,20 @@ RESULT_COLUMNS = ["eval", "eval_time_s", "metric", "label", "value", "n_fake", "
                   "feature_space", "classifier_accuracy"]
 
 
-def read_results(path: str | Path) -> Optional[pd.DataFrame]:
-    """results.csv with labels as strings ("all", "0", "1", ...), or None when absent or empty."""
+def read_table(path: str | Path, **kw) -> Optional[pd.DataFrame]:
+    """A CSV of the run directory, or None when it is absent, empty or half-written by an older version."""
     path = Path(path)
     if not path.is_file():
         return None
     try:
-        return pd.read_csv(path, dtype={"label": str})
+        return pd.read_csv(path, **kw)
     except (pd.errors.EmptyDataError, pd.errors.ParserError):
         return None
+
+
+def read_results(path: str | Path) -> Optional[pd.DataFrame]:
+    """results.csv with labels as strings ("all", "0", "1", ...), or None when absent or empty."""
+    return read_table(path, dtype={"label": str})
 
 
 def rows(results: pd.DataFrame, ev: str, metric: str, label: Optional[str] = "all") -> pd.DataFrame:
