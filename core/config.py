@@ -43,13 +43,21 @@ class DatasetConfig(_Section):
     name: Literal["digits", "cifar10", "cifar100", "imagenet1k", "folder"] = "digits"
     root: Optional[str] = None
     download: bool = False
-    # None: the data set's own resolution (8 for digits, 32 for CIFAR); required for folders
-    # of mixed sizes and for ImageNet.
-    image_size: Optional[int] = Field(default=None, ge=4, le=1024)
+    # None: the data set's own resolution (8 for digits, 32 for CIFAR, 64 for ImageNet; a
+    # folder's first image, snapped). auto: like None, said explicitly. A number: exactly that
+    # size, which the networks must be able to build (see workers/models.py).
+    image_size: Union[Literal["auto"], None, int] = None
     labels: Union[Literal["all"], list[int]] = "all"
     # Share of each label's images held out for evaluation (digits, folder, imagenet1k;
     # CIFAR has its own test split).
     test_fraction: float = Field(default=0.2, ge=0.0, lt=1.0)
+
+    @field_validator("image_size")
+    @classmethod
+    def _size_range(cls, v):
+        if isinstance(v, int) and not 4 <= v <= 1024:
+            raise ValueError("must be 'auto' or a number of pixels in [4, 1024]")
+        return v
 
     @field_validator("labels")
     @classmethod
@@ -68,6 +76,9 @@ class ModelConfig(_Section):
     z_dim: int = Field(default=128, ge=1, le=4096)
     # Channels of the widest-resolution layer; deeper layers double it up to 8x.
     width: int = Field(default=64, ge=4, le=1024)
+    # A generator larger than this is refused before anything starts (a 375 px folder image once
+    # asked for 1.15 billion parameters); raise it deliberately for large models.
+    max_parameters: int = Field(default=200_000_000, ge=1)
 
 
 class TrainConfig(_Section):
@@ -79,8 +90,9 @@ class TrainConfig(_Section):
     lr: float = Field(default=1e-4, gt=0, lt=1)
     betas: tuple[float, float] = (0.0, 0.9)
     checkpoint_every_s: float = Field(default=30.0, gt=0)
-    # None keeps every checkpoint (the collector scores them over time); N keeps the newest N.
-    keep_checkpoints: Optional[int] = Field(default=None, ge=1)
+    # Full checkpoints (critic, optimisers, RNG: what a resume needs) kept per label, newest first.
+    # The small generator-only snapshots scored over time are all kept. None keeps every checkpoint.
+    keep_checkpoints: Optional[int] = Field(default=2, ge=1)
     log_every_s: float = Field(default=5.0, gt=0)
     # The driver gives up on a label budget_s + deadline_grace_s after the start line opened
     # (checkpoints and restarts are paid from the grace), and restarts a label that reported no
@@ -103,8 +115,14 @@ Auto = Literal["auto"]
 
 
 class ResourcesConfig(_Section):
+    # A label trains on at most one GPU (its networks fit one); a share below 1 packs labels on a GPU.
     gpus_per_label: Union[Auto, float] = "auto"
     cpus_per_label: Union[Auto, float] = "auto"
+    # Label processes sharing one GPU, each with its own CUDA context and cuDNN workspace. Past
+    # this, one actor trains several labels in turn (one CUDA context, fair steps each).
+    max_actors_per_gpu: int = Field(default=8, ge=1)
+    # Labels trained by one actor. auto: 1, unless GPUs are shared past max_actors_per_gpu.
+    labels_per_actor: Union[Auto, int] = "auto"
     placement_strategy: Literal["PACK", "SPREAD", "STRICT_PACK", "STRICT_SPREAD"] = "PACK"
     # How long to wait for the placement group before failing (autoscaling clusters need longer).
     placement_timeout_s: float = Field(default=120.0, gt=0)
@@ -112,11 +130,27 @@ class ResourcesConfig(_Section):
     # from the nodes alive now, and let the placement group ask the autoscaler for nodes.
     autoscale: bool = False
 
-    @field_validator("gpus_per_label", "cpus_per_label")
+    @field_validator("gpus_per_label")
+    @classmethod
+    def _one_gpu_at_most(cls, v):
+        if v != "auto" and not (0 <= v <= 1):
+            raise ValueError("must be 'auto' or a number in [0, 1]: a label's generator and critic train on one "
+                             "GPU (a share below 1 packs several labels on a GPU). To use more GPUs, train more "
+                             "labels at once")
+        return v
+
+    @field_validator("cpus_per_label")
     @classmethod
     def _non_negative(cls, v):
         if v != "auto" and not (0 <= v <= 1024):
             raise ValueError("must be 'auto' or a number in [0, 1024]")
+        return v
+
+    @field_validator("labels_per_actor")
+    @classmethod
+    def _positive(cls, v):
+        if v != "auto" and v < 1:
+            raise ValueError("must be 'auto' or a whole number >= 1")
         return v
 
 

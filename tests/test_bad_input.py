@@ -92,7 +92,7 @@ def _folder_args(root) -> list[str]:
     ("dataset.labels=[1,1]", "dataset.labels: label indices must be unique"),
     ("dataset.labels=[]", "dataset.labels: must be 'all' or a non-empty list"),
     ("dataset.labels=[-1]", "dataset.labels: label indices must be >= 0"),
-    ("dataset.image_size=2", "dataset.image_size: Input should be greater than or equal to 4"),
+    ("dataset.image_size=2", "dataset.image_size: must be 'auto' or a number of pixels in [4, 1024]"),
     ("dataset.test_fraction=1", "dataset.test_fraction: Input should be less than 1"),
     ("dataset.name=mnist", "dataset.name: Input should be 'digits'"),
     ("resources.gpus_per_label=lots", "resources.gpus_per_label"),
