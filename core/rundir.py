@@ -1,15 +1,25 @@
 """The run directory: the one owner of its paths, its checkpoints and every atomic write.
 
-    <run>/config.yaml                    resolved config
-    <run>/labels/<k>/ckpt-<step>.pt      per-label ensemble run: one WGAN-GP pair per label
+    <run>/config.yaml                              resolved config
+    <run>/labels/<k>/ckpt-<step>.pt                per-label ensemble run: one WGAN-GP pair per label
+    <run>/labels/<k>/snapshots/snap-<step>.pt
     <run>/labels/<k>/history.csv
-    <run>/baseline/ckpt-<step>.pt        data-parallel baseline run: one conditional pair
+    <run>/baseline/ckpt-<step>.pt                  data-parallel baseline run: one conditional pair
+    <run>/baseline/snapshots/snap-<step>.pt
     <run>/baseline/history.csv, summary.json
     <run>/summary.csv, results.csv, per_label.csv, metrics.json, report.md, samples/, plots/
 
-Both kinds of run are read through the same calls: a checkpoint *owner* is a label (``int``)
-or :data:`BASELINE`, and :meth:`RunDir.checkpoints_by_label` gives, for either kind, the
-checkpoints that generate each label over training time.
+Two kinds of model file, written together at every checkpoint interval:
+
+* a full *checkpoint* (``ckpt-*``): generator, critic, optimisers, RNG, what a resume needs;
+  only the newest ``train.keep_checkpoints`` are kept (:meth:`RunDir.prune`);
+* a *snapshot* (``snapshots/snap-*``): the generator's weights and the fields sampling and
+  scoring need, a fraction of the size; every one is kept, for scores over training time.
+
+Both kinds of run are read through the same calls: an *owner* is a label (``int``) or
+:data:`BASELINE`, and :meth:`RunDir.snapshots_by_label` gives, for either kind, the models that
+generate each label over training time (snapshots; a run written before snapshots existed
+falls back to its full checkpoints).
 
 Every file is written atomically (a temporary file in the same folder, fsync, rename, fsync
 of the folder), so a crash never leaves a half-written file under a final name.
@@ -18,6 +28,7 @@ of the folder), so a crash never leaves a half-written file under a final name.
 from __future__ import annotations
 
 import csv
+import errno
 import os
 import re
 import tempfile
@@ -28,6 +39,8 @@ from typing import IO, Callable, Iterable, Optional, Union
 BASELINE = "baseline"
 Owner = Union[int, str]  # a label, or BASELINE
 CKPT_RE = re.compile(r"^ckpt-(\d{8})\.pt$")
+SNAP_RE = re.compile(r"^snap-(\d{8})\.pt$")
+SNAPSHOTS = "snapshots"
 HISTORY_FIELDS = ("step", "elapsed_s", "critic_loss", "generator_loss", "wasserstein",
                   "gradient_penalty", "images_per_s", "restarts")
 
@@ -39,11 +52,17 @@ def atomic_write(path: str | os.PathLike, write: Callable[[IO[bytes]], None],
     """Call `write(f)` on a temporary file beside `path`, then rename it into place.
 
     `check(tmp_path)`, if given, runs on the complete temporary file and may raise to refuse it
-    (nothing is then left behind)."""
+    (nothing is then left behind).
+
+    A failed write (a full disk, a quota, an I/O error) removes the temporary file, leaves any
+    previous file at `path` untouched, and raises an OSError with the errno and `path` in its
+    message, even where the writer hid it (torch.save reports a full disk as a RuntimeError
+    about zip positions)."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=path.suffix, dir=path.parent)
+    tmp = None
     try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=path.suffix, dir=path.parent)
         with os.fdopen(fd, "wb") as f:
             write(f)
             f.flush()
@@ -51,11 +70,31 @@ def atomic_write(path: str | os.PathLike, write: Callable[[IO[bytes]], None],
         if check is not None:
             check(Path(tmp))
         os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
+    except BaseException as err:
+        if tmp is not None:
+            Path(tmp).unlink(missing_ok=True)
+        cause = _os_error_in(err) if isinstance(err, Exception) else None
+        if cause is not None and cause.errno in _STORAGE_ERRNOS:
+            raise OSError(cause.errno, f"{cause.strerror} (nothing written; any previous file is intact)",
+                          str(path)) from err
         raise
     _fsync_dir(path.parent)
     return path
+
+
+# The storage refusing a write (not, say, a network error raised by the `write` callback).
+_STORAGE_ERRNOS = {errno.ENOSPC, errno.EDQUOT, errno.EFBIG, errno.EIO, errno.EROFS}
+
+
+def _os_error_in(err: BaseException) -> Optional[OSError]:
+    """The OSError `err` is or was raised from (its cause/context chain), if any."""
+    seen = 0
+    while err is not None and seen < 8:
+        if isinstance(err, OSError):
+            return err
+        err = err.__cause__ or err.__context__
+        seen += 1
+    return None
 
 
 def _fsync_dir(directory: Path) -> None:
@@ -196,20 +235,49 @@ class RunDir:
 
     def checkpoints(self, owner: Owner) -> list[tuple[int, Path]]:
         """(step, path) pairs, oldest first."""
-        d = self.owner_dir(owner)
-        if not d.is_dir():
-            return []
-        found = [(int(m.group(1)), p) for p in d.iterdir() if (m := CKPT_RE.match(p.name))]
-        return sorted(found)
+        return _numbered(self.owner_dir(owner), CKPT_RE)
 
     def latest_checkpoint(self, owner: Owner) -> Optional[Path]:
         found = self.checkpoints(owner)
         return found[-1][1] if found else None
 
+    # snapshots: generator weights only, every one kept ----------------------------------------
+    def snapshot_dir(self, owner: Owner) -> Path:
+        return self.owner_dir(owner) / SNAPSHOTS
+
+    def snapshot_path(self, owner: Owner, step: int) -> Path:
+        return self.snapshot_dir(owner) / f"snap-{step:08d}.pt"
+
+    def snapshots(self, owner: Owner) -> list[tuple[int, Path]]:
+        """(step, path) pairs of the owner's snapshots, oldest first."""
+        return _numbered(self.snapshot_dir(owner), SNAP_RE)
+
+    def models(self, owner: Owner) -> list[tuple[int, Path]]:
+        """(step, path) of every model of the owner to sample or score, oldest first: its snapshots,
+        plus any full checkpoint at a step without one (a run written before snapshots existed, or
+        a save that failed between the two files)."""
+        by_step = dict(self.checkpoints(owner))
+        by_step.update(self.snapshots(owner))
+        return sorted(by_step.items())
+
+    def latest_model(self, owner: Owner) -> Optional[Path]:
+        found = self.models(owner)
+        return found[-1][1] if found else None
+
+    def drop_snapshots_after(self, owner: Owner, step: int) -> list[Path]:
+        """Delete the snapshots past `step`: a run resuming from the checkpoint of `step` trains those
+        steps again, and the old ones would score a discarded line of training. Returns them."""
+        dropped = [p for s, p in self.snapshots(owner) if s > step]
+        for p in dropped:
+            p.unlink(missing_ok=True)
+        return dropped
+
     def sweep_temporaries(self, owner: Owner) -> list[Path]:
-        """Delete the temporary files a killed writer left in the owner's folder; returns them."""
-        d = self.owner_dir(owner)
-        stale = [p for p in d.iterdir() if p.name.startswith(".tmp-")] if d.is_dir() else []
+        """Delete the temporary files a killed writer left in the owner's folders; returns them."""
+        stale = []
+        for d in (self.owner_dir(owner), self.snapshot_dir(owner)):
+            if d.is_dir():
+                stale += [p for p in d.iterdir() if p.name.startswith(".tmp-")]
         for p in stale:
             p.unlink(missing_ok=True)
         return stale
@@ -221,7 +289,7 @@ class RunDir:
         return target
 
     def prune(self, owner: Owner, keep: Optional[int]) -> None:
-        """Delete all but the newest `keep` checkpoints (None keeps all)."""
+        """Delete all but the newest `keep` full checkpoints (None keeps all); snapshots are never pruned."""
         if keep is None:
             return
         for _, p in self.checkpoints(owner)[:-keep]:
@@ -230,16 +298,16 @@ class RunDir:
     def has_checkpoints(self, labels: Iterable[int]) -> bool:
         return self.latest_checkpoint(BASELINE) is not None or any(self.latest_checkpoint(k) for k in labels)
 
-    def checkpoints_by_label(self, labels: Optional[Iterable[int]] = None) -> dict[int, list[CheckpointRef]]:
-        """label -> the checkpoints that generate it, oldest first, for either kind of run.
+    def snapshots_by_label(self, labels: Optional[Iterable[int]] = None) -> dict[int, list[CheckpointRef]]:
+        """label -> the models that generate it over training time, oldest first, for either kind of run.
 
-        Ensemble: each label's own checkpoints. Baseline: every baseline checkpoint, for each label
-        it trained. Labels without checkpoints are left out; a checkpoint pruned or unreadable while
-        listing is skipped.
+        Ensemble: each label's own snapshots (see :meth:`models`). Baseline: every baseline
+        snapshot, for each label it trained. Labels without any are left out; a file pruned or
+        unreadable while listing is skipped.
         """
         if self.is_baseline:
             refs, trained = [], set()
-            for step, path in self.checkpoints(BASELINE):
+            for step, path in self.models(BASELINE):
                 meta = _meta_or_none(path)
                 if meta is not None:
                     refs.append(CheckpointRef(float(meta.get("elapsed_s", float("nan"))), step, path))
@@ -249,7 +317,7 @@ class RunDir:
         out = {}
         for k in (self.label_owners() if labels is None else labels):
             refs = []
-            for step, path in self.checkpoints(k):
+            for step, path in self.models(k):
                 meta = _meta_or_none(path)
                 if meta is not None:
                     refs.append(CheckpointRef(float(meta.get("elapsed_s", float("nan"))), step, path))
@@ -257,20 +325,31 @@ class RunDir:
                 out[int(k)] = refs
         return out
 
-    def latest_by_label(self, labels: Optional[Iterable[int]] = None) -> dict[int, Path]:
-        """label -> the newest checkpoint that generates it (the same file for every label of a baseline)."""
+    def latest_snapshots(self, labels: Optional[Iterable[int]] = None) -> dict[int, Path]:
+        """label -> the newest model that generates it (the same file for every label of a baseline)."""
         if self.is_baseline:
-            latest = self.latest_checkpoint(BASELINE)
+            latest = self.latest_model(BASELINE)
             if latest is None:
                 return {}
             trained = [int(k) for k in checkpoint_meta(latest).get("labels", [])]
             return {k: latest for k in trained if labels is None or k in set(labels)}
         out = {}
         for k in (self.label_owners() if labels is None else labels):
-            latest = self.latest_checkpoint(k)
+            latest = self.latest_model(k)
             if latest is not None:
                 out[int(k)] = latest
         return out
+
+    # the names these had when every checkpoint was kept and scored
+    checkpoints_by_label = snapshots_by_label
+    latest_by_label = latest_snapshots
+
+
+def _numbered(directory: Path, pattern: re.Pattern) -> list[tuple[int, Path]]:
+    """(step, path) of the files in `directory` whose names `pattern` matches, oldest first."""
+    if not directory.is_dir():
+        return []
+    return sorted((int(m.group(1)), p) for p in directory.iterdir() if (m := pattern.match(p.name)))
 
 
 def _meta_or_none(path: Path) -> Optional[dict]:

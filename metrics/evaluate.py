@@ -1,4 +1,5 @@
-"""Score a run from its checkpoints: the final ensemble and, every metrics.every_s of training time, the
+"""Score a run from its snapshots (generator-only model files; a run written before snapshots existed
+falls back to its full checkpoints): the final ensemble and, every metrics.every_s of training time, the
 intermediate ones; write results.csv (tidy), per_label.csv and metrics.json, then render the report.
 
     evaluate_run(run_dir)          # what the collector and `wcgan evaluate --run DIR` call
@@ -76,9 +77,10 @@ def evaluate_run(run_dir: str | os.PathLike, cfg: Optional[Config] = None,
         cfg = load_config(run.config)
     storage = Path(storage) if storage is not None else run.path.resolve().parent
     info = describe(cfg.dataset, check_files=False)
-    ckpts = run.checkpoints_by_label(info.labels)
+    ckpts = run.snapshots_by_label(info.labels)
     if not ckpts:
-        raise FileNotFoundError(f"{run.path}: no checkpoints under labels/*/ckpt-*.pt or baseline/ckpt-*.pt")
+        raise FileNotFoundError(f"{run.path}: no models under labels/*/snapshots/, labels/*/ckpt-*.pt, "
+                                "baseline/snapshots/ or baseline/ckpt-*.pt")
     missing = [k for k in info.labels if k not in ckpts]
     if missing:
         logger.warning("labels %s have no checkpoint; scoring the ensemble of the other %d", missing, len(ckpts))

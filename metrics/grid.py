@@ -39,9 +39,9 @@ def save_sample_grid(sampler, labels: Sequence[int], path: str | Path, per_label
 
 def save_run_grid(run: RunDir, per_label: int = 10) -> Path:
     """samples/grid.png of a run's latest models (either kind), at most MAX_GRID_LABELS rows."""
-    latest = run.latest_by_label()
+    latest = run.latest_snapshots()
     if not latest:
-        raise FileNotFoundError(f"{run.path}: no checkpoints to sample a grid from")
+        raise FileNotFoundError(f"{run.path}: no snapshots or checkpoints to sample a grid from")
     shown = grid_labels(sorted(latest))
     sampler = Sampler.from_checkpoints({k: latest[k] for k in shown})
     return save_sample_grid(sampler, shown, run.grid, per_label=per_label)

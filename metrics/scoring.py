@@ -2,8 +2,9 @@
 
 Everything streams label by label: one label's real images are in memory at a time, and each
 label's real features are computed once and shared by every evaluation (the final ensemble and
-the intermediate checkpoints). Works for both kinds of run: an evaluation maps each label to the
-checkpoint that generates it (its own, or the baseline's one conditional checkpoint).
+the intermediate ones). Works for both kinds of run: an evaluation maps each label to the
+model file that generates it (its own snapshot, or the baseline's one conditional snapshot; full
+checkpoints in runs written before snapshots existed).
 """
 
 from __future__ import annotations
@@ -45,7 +46,7 @@ class Evaluation:
 
     name: str                         # "final" | "checkpoint"
     time_s: float                     # training time (max elapsed_s over its label checkpoints)
-    checkpoints: Mapping[int, Path]   # label -> checkpoint path
+    checkpoints: Mapping[int, Path]   # label -> model file (a snapshot; a full checkpoint in older runs)
 
 
 @dataclass

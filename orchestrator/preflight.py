@@ -2,16 +2,32 @@
 
 A run whose run.storage cannot hold a run directory should fail in a second with the path
 named, not with a NotADirectoryError traceback after the cluster was contacted and its
-bundles placed. Nothing is created here: the storage directory is made with the run directory.
+bundles placed; nor should a run that will fill its disk halfway (a full disk fails a label
+for good). Nothing is created here: the storage directory is made with the run directory.
 """
 
 from __future__ import annotations
 
+import logging
+import math
 import os
+import shutil
 import tempfile
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Optional
 
 from core.errors import ConfigError
+
+logger = logging.getLogger(__name__)
+
+# Per file: torch.save's zip (a local header, 64-byte alignment and a central directory entry per
+# tensor, the pickle) and the plain fields. Measured: ~0.4 KiB per tensor, ~1.5 KiB per file.
+_FILE_OVERHEAD = 4096
+_TENSOR_OVERHEAD = 512
+# history.csv, summary and report files, plots, sample grids, the config.
+_RUN_FILES_BYTES = 16 * 2**20
+_MARGIN = 1.10
 
 
 def _nearest_existing(path: Path) -> Path:
@@ -41,3 +57,100 @@ def check_storage(storage: str | os.PathLike) -> None:
         what = f"{storage} is" if found == storage else f"cannot create {storage}: {found} is"
         raise ConfigError(f"run.storage: {what} not writable ({err.strerror or err}); point run.storage "
                           "at a directory you can write in, e.g. --set run.storage=$HOME/runs") from None
+
+
+# ------------------------------------------------------------------ disk space
+
+@dataclass(frozen=True)
+class DiskEstimate:
+    """A run's model files, per owner (a label, or the one baseline) and in all."""
+
+    owners: int
+    snapshot_bytes: int      # one snapshot: the generator's state
+    checkpoint_bytes: int    # one full checkpoint: both networks, both Adam states, RNG
+    snapshots: int           # per owner, all kept
+    checkpoints: int         # per owner at most at once: keep_checkpoints + the one being written
+    total_bytes: int         # everything, with the margin and the run's other files
+
+    def describe(self) -> str:
+        return (f"{_human(self.total_bytes)}: {self.owners} x ({self.snapshots} snapshot(s) x "
+                f"{_human(self.snapshot_bytes)} + {self.checkpoints} checkpoint(s) x {_human(self.checkpoint_bytes)}), "
+                f"+{round((_MARGIN - 1) * 100)}% and {_human(_RUN_FILES_BYTES)} for the other files")
+
+
+def _human(n: float) -> str:
+    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
+        if abs(n) < 1024 or unit == "TiB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1024
+    return f"{n:.1f} TiB"
+
+
+def _state_sizes(module) -> tuple[int, int, int, int]:
+    """(state_dict bytes, state_dict tensors, trainable parameter bytes, trainable parameters)."""
+    state = module.state_dict()
+    params = [p for p in module.parameters() if p.requires_grad]
+    return (sum(t.numel() * t.element_size() for t in state.values()), len(state),
+            sum(p.numel() * p.element_size() for p in params), len(params))
+
+
+def estimate_disk(cfg, channels: int, image_size: int, n_labels: int,
+                  num_classes: Optional[int] = None) -> DiskEstimate:
+    """What a run's snapshots and checkpoints take on disk, at most, from its config and data shape.
+
+    The networks are built on torch's "meta" device (shapes, no memory), so this is cheap for any
+    size. `num_classes` estimates the data-parallel baseline instead: one conditional pair.
+    """
+    import torch  # deferred, with the models: the driver's other checks run without it
+
+    from workers.models import build_models
+
+    with torch.device("meta"):
+        generator, critic = build_models(cfg.model, channels, image_size, num_classes)
+    g_bytes, g_tensors, g_param_bytes, g_params = _state_sizes(generator)
+    d_bytes, d_tensors, d_param_bytes, d_params = _state_sizes(critic)
+    snapshot = g_bytes + _FILE_OVERHEAD + _TENSOR_OVERHEAD * g_tensors
+    # Adam: exp_avg and exp_avg_sq like each parameter, plus a step scalar; the RNG state ~5 KiB.
+    adam_bytes = 2 * (g_param_bytes + d_param_bytes) + 4 * (g_params + d_params)
+    checkpoint = (g_bytes + d_bytes + adam_bytes + 8192 + _FILE_OVERHEAD
+                  + _TENSOR_OVERHEAD * (g_tensors + d_tensors + 3 * (g_params + d_params)))
+    train = cfg.train
+    saves = math.floor(train.budget_s / train.checkpoint_every_s + 1e-9) + 1  # periodic ones, then the final
+    kept = saves if train.keep_checkpoints is None else min(saves, train.keep_checkpoints + 1)
+    owners = 1 if num_classes is not None else n_labels
+    models = owners * (saves * snapshot + kept * checkpoint)
+    total = int(models * _MARGIN) + _RUN_FILES_BYTES
+    return DiskEstimate(owners, snapshot, checkpoint, saves, kept, total)
+
+
+def estimate_run_bytes(cfg, channels: int, image_size: int, n_labels: int,
+                       num_classes: Optional[int] = None) -> int:
+    """Bytes a run needs on run.storage, at most (see :func:`estimate_disk`)."""
+    return estimate_disk(cfg, channels, image_size, n_labels, num_classes).total_bytes
+
+
+def free_bytes(storage: str | os.PathLike) -> int:
+    """Free space for this process on the file system that holds (or will hold) `storage`."""
+    return shutil.disk_usage(_nearest_existing(Path(storage).expanduser().absolute())).free
+
+
+def check_free_space(storage: str | os.PathLike, need_bytes: int, what: str = "") -> None:
+    """A ConfigError (exit 2) when the file system of run.storage has less than `need_bytes` free."""
+    free = free_bytes(storage)
+    if free >= need_bytes:
+        return
+    raise ConfigError(
+        f"run.storage: {storage} has {_human(free)} free, but this run needs about {_human(need_bytes)}"
+        f"{' (' + what + ')' if what else ''}; a full disk fails a label for good. Keep fewer full "
+        "checkpoints (train.keep_checkpoints=1), write them less often (a larger train.checkpoint_every_s: "
+        "fewer snapshots), train fewer labels (dataset.labels), or point run.storage at a bigger disk")
+
+
+def check_run_disk(cfg, channels: int, image_size: int, n_labels: int,
+                   num_classes: Optional[int] = None) -> DiskEstimate:
+    """Estimate a run's disk use, log it, and refuse it (ConfigError) when run.storage lacks the space."""
+    est = estimate_disk(cfg, channels, image_size, n_labels, num_classes)
+    logger.info("disk: this run writes up to %s to %s (%s free)", est.describe(), cfg.run.storage,
+                _human(free_bytes(cfg.run.storage)))
+    check_free_space(cfg.run.storage, est.total_bytes, est.describe())
+    return est

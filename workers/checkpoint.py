@@ -1,10 +1,19 @@
-"""What a checkpoint holds, for both kinds of run, and how a pair resumes from one.
+"""What a checkpoint and a snapshot hold, for both kinds of run, and how a pair resumes from one.
 
-One checkpoint dict (written through :mod:`core.rundir`, atomically, read weights-only):
+Every save writes two files (through :mod:`core.rundir`, atomically, read weights-only):
+
+* a full checkpoint, ``<owner>/ckpt-<step>.pt``: what a resume needs; the newest
+  ``train.keep_checkpoints`` are kept, older ones are pruned once the new one is written;
+* a snapshot, ``<owner>/snapshots/snap-<step>.pt``: the generator only, for sampling and for
+  scores over training time; every one is kept.
+
+Both are one dict with the same plain fields:
 
     kind          "label" (one label's pair) or "conditional-wgan-gp" (the baseline's)
-    state         the pair's state_dict (networks, optimisers, generator steps, RNG)
-    elapsed_s     training budget spent when it was written
+    state         checkpoint: the pair's state_dict (networks, optimisers, generator steps, RNG)
+                  snapshot: {"generator": the generator's state_dict, "generator_steps": step}
+    snapshot      True in a snapshot (absent in checkpoints)
+    step, elapsed_s  generator steps and training budget spent when it was written
     model, channels, image_size, num_classes (baseline), label (label runs), labels
     images_seen, restarts, dataset, device, world_size, final, images_per_s
 """
@@ -41,6 +50,8 @@ def restore(run: RunDir, owner: Owner, pair: WGANGP, restore_rng: bool = True) -
 
     A checkpoint that fails to load (truncated by a dying disk, say) is moved out of the way and
     the previous one is tried, so one bad file costs one checkpoint interval, not the run.
+    Snapshots past the step resumed from are deleted: those steps are trained again (as their
+    history.csv rows are dropped), and the old snapshots would score a discarded line of training.
     """
     found = run.checkpoints(owner)
     for _, path in reversed(found):
@@ -57,21 +68,36 @@ def restore(run: RunDir, owner: Owner, pair: WGANGP, restore_rng: bool = True) -
                 pass
             continue
         pair.load_state_dict(blob["state"], restore_rng=restore_rng)
+        _drop_later_snapshots(run, owner, pair.generator_steps)
         return Resume(pair.generator_steps, float(blob["elapsed_s"]), int(blob.get("images_seen", 0)),
                       int(blob.get("restarts", 0)), path)
     if found:  # starting from scratch would silently discard the budget already spent
         raise RuntimeError(f"none of the {len(found)} checkpoint(s) in {run.owner_dir(owner)} loads (moved to *.corrupt)")
+    _drop_later_snapshots(run, owner, 0)
     return Resume()
 
 
+def _drop_later_snapshots(run: RunDir, owner: Owner, step: int) -> None:
+    dropped = run.drop_snapshots_after(owner, step)
+    if dropped:
+        logger.warning("%s: dropped %d snapshot(s) past step %d, the step this run resumes from",
+                       run.owner_dir(owner), len(dropped), step)
+
+
+def generator_state(pair: WGANGP) -> dict:
+    """What a snapshot keeps of a pair: the generator's weights (and buffers) and its step."""
+    return {"generator": pair.generator.state_dict(), "generator_steps": pair.generator_steps}
+
+
 class Checkpointer:
-    """Writes one owner's checkpoints: the pair's state plus what sampling and scoring need."""
+    """Writes one owner's checkpoints and snapshots: the pair's state plus what sampling and scoring need."""
 
     def __init__(self, run: RunDir, owner: Owner, pair: WGANGP, cfg, resume: Resume, restarts: int,
                  labels: list[int], images_per_step: int, num_classes: Optional[int] = None,
                  world_size: int = 1):
         self.run, self.owner, self.pair, self.cfg = run, owner, pair, cfg
         self.resume, self.images_per_step = resume, images_per_step
+        self.last_snapshot: Optional[Path] = None
         self.meta = {
             "kind": BASELINE_KIND if owner == BASELINE else LABEL_KIND,
             "model": cfg.model.model_dump(), "channels": int(pair.images.shape[1]),
@@ -90,8 +116,16 @@ class Checkpointer:
         return self.resume.images_seen + (self.pair.generator_steps - self.resume.start_step) * self.images_per_step
 
     def save(self, elapsed_s: float, final: bool = False, images_per_s: Optional[float] = None) -> Path:
-        path = self.run.checkpoint_path(self.owner, self.pair.generator_steps)
-        save_checkpoint({**self.meta, "state": self.pair.state_dict(), "elapsed_s": elapsed_s,
-                         "images_seen": self.images_seen, "final": final, "images_per_s": images_per_s}, path)
+        """Writes the full checkpoint, then the snapshot, then prunes the oldest full checkpoints;
+        returns the checkpoint's path. A failed write raises (an OSError naming the file for a full
+        disk) before anything is pruned, so the previous checkpoint is still there to resume from.
+
+        The checkpoint goes first: a snapshot then always belongs to a step a resume can reach."""
+        step = self.pair.generator_steps
+        fields = {**self.meta, "step": step, "elapsed_s": elapsed_s, "images_seen": self.images_seen,
+                  "final": final, "images_per_s": images_per_s}
+        path = save_checkpoint({**fields, "state": self.pair.state_dict()}, self.run.checkpoint_path(self.owner, step))
+        self.last_snapshot = save_checkpoint({**fields, "snapshot": True, "state": generator_state(self.pair)},
+                                             self.run.snapshot_path(self.owner, step))
         self.run.prune(self.owner, self.cfg.train.keep_checkpoints)
         return path

@@ -42,7 +42,7 @@ class Sampler:
 
     @classmethod
     def from_checkpoints(cls, paths: Mapping[int, str | Path], device: str | torch.device = "cpu") -> "Sampler":
-        """label -> checkpoint: label checkpoints (an ensemble) or one baseline checkpoint for every label."""
+        """label -> snapshot or checkpoint: label files (an ensemble) or one baseline file for every label."""
         if not paths:
             raise FileNotFoundError("no checkpoints given")
         loaded: dict[Path, tuple[nn.Module, int, bool, list[int]]] = {}  # a baseline's file serves every label
@@ -105,7 +105,8 @@ class Sampler:
 
 
 def _load_generator(path: Path) -> tuple[nn.Module, int, bool, list[int]]:
-    """(generator, z_dim, conditional, labels it generates) of a checkpoint of either kind."""
+    """(generator, z_dim, conditional, labels it generates) of a snapshot or full checkpoint of either kind
+    (both hold the generator's weights under state["generator"])."""
     blob = load_checkpoint(path)
     model_cfg = ModelConfig(**blob["model"])
     num_classes = blob.get("num_classes")
@@ -116,13 +117,17 @@ def _load_generator(path: Path) -> tuple[nn.Module, int, bool, list[int]]:
 
 
 def load_sampler(run_dir: str | Path, device: str | torch.device = "cpu") -> Sampler:
-    """The latest model of a run, whichever kind it is (FileNotFoundError when it has none)."""
+    """The latest model of a run, whichever kind it is (FileNotFoundError when it has none).
+
+    Read from the run's newest snapshots (generator only); a run written before snapshots
+    existed is read from its full checkpoints."""
     run = RunDir(run_dir)
     if not run.path.is_dir():
         raise FileNotFoundError(f"run directory not found: {run.path}")
-    latest = run.latest_by_label()
+    latest = run.latest_snapshots()
     if not latest:
-        raise FileNotFoundError(f"{run.path}: no checkpoints under labels/*/ckpt-*.pt or baseline/ckpt-*.pt")
+        raise FileNotFoundError(f"{run.path}: no models under labels/*/snapshots/, labels/*/ckpt-*.pt, "
+                                "baseline/snapshots/ or baseline/ckpt-*.pt")
     return Sampler.from_checkpoints(latest, device)
 
 
