@@ -22,7 +22,7 @@ def test_bad_data_found_by_every_actor_exits_2_without_a_run_dir(ray_local, tmp_
         (root / f"c{k}").mkdir(parents=True)
         for i in range(4):
             Image.fromarray(rng.integers(0, 255, (16, 16, 3), dtype=np.uint8)).save(root / f"c{k}" / f"{i}.png")
-        broken = root / f"c{k}" / "0.png"
+        broken = root / f"c{k}" / "1.png"  # in the training split of both labels
         broken.write_bytes(broken.read_bytes()[:60])
     storage = tmp_path / "runs"
     code = main(["train", "--set", "dataset.name=folder", "--set", f"dataset.root={root}",
@@ -30,7 +30,7 @@ def test_bad_data_found_by_every_actor_exits_2_without_a_run_dir(ray_local, tmp_
                  "--set", "train.batch_size=4", "--set", "metrics.enabled=false", "--set", "max_restarts=0"])
     err = capsys.readouterr().err
     assert code == 2, err
-    assert any(str(root / f"c{k}" / "0.png") in err for k in range(2)), err  # names the file
+    assert any(str(root / f"c{k}" / "1.png") in err for k in range(2)), err  # names the file
     assert not any(storage.glob("*/config.yaml"))
 
 

@@ -14,6 +14,12 @@ conditional pair only adds label embeddings:
 Critics have no batch norm: the WGAN-GP penalty is per-sample, and batch statistics would
 couple the samples it differentiates through. Labels are the data set's own class indices
 (``0 .. num_classes-1``), so a run of ``dataset.labels=[0,3,7]`` embeds all classes.
+
+Only sizes ``b * 2^k`` with a 4-7 px base grow cleanly (:func:`buildable`); any other size keeps
+a large base, and the generator's first linear layer grows with its square (375 px once asked
+for 1.15 billion parameters). :func:`check_model_size` counts parameters on the meta device
+(nothing allocated) and refuses networks over ``model.max_parameters``; :func:`build_models`
+calls it, so no path builds one unchecked.
 """
 
 from __future__ import annotations
@@ -22,6 +28,11 @@ from typing import Optional
 
 import torch
 from torch import nn
+
+from core.errors import ConfigError
+
+MAX_BASE = 7                        # resolution_plan halves even sizes down to a 4-7 px base
+DEFAULT_MAX_PARAMETERS = 200_000_000  # model.max_parameters' default, for model configs without it
 
 
 def resolution_plan(image_size: int) -> tuple[int, int]:
@@ -33,6 +44,34 @@ def resolution_plan(image_size: int) -> tuple[int, int]:
         base //= 2
         stages += 1
     return base, stages
+
+
+def buildable(image_size: int) -> bool:
+    """Whether the networks grow to this size from a 4-7 px base by doubling (4, 5, 6, 7, 8, 10,
+    12, 14, 16, 20, ..., 320, 384, 448, 512, ...)."""
+    return image_size >= 4 and resolution_plan(image_size)[0] <= MAX_BASE
+
+
+def nearest_buildable(image_size: int) -> tuple[Optional[int], int]:
+    """(largest buildable size <= image_size or None, smallest buildable size >= image_size)."""
+    below = image_size
+    while below >= 4 and not buildable(below):
+        below -= 1
+    above = max(image_size, 4)
+    while not buildable(above):  # gaps are at most a fifth of the size: a short walk
+        above += 1
+    return (below if below >= 4 else None), above
+
+
+def snap_image_size(image_size: int, limit: int = 1024) -> int:
+    """The buildable size nearest `image_size` (a tie goes down: less upscaling, a smaller model),
+    never above `limit` (the largest dataset.image_size the config accepts)."""
+    below, above = nearest_buildable(min(image_size, limit))
+    if below is None:
+        return above
+    if above > limit or image_size - below <= above - image_size:
+        return below
+    return above
 
 
 def stage_channels(width: int, stages: int) -> list[int]:
@@ -147,9 +186,38 @@ class ProjectionCritic(Critic):
         return out + (self.embed(y) * h.sum(dim=(2, 3))).sum(dim=1)
 
 
+def parameter_counts(model_cfg, channels: int, image_size: int,
+                     num_classes: Optional[int] = None) -> tuple[int, int]:
+    """(generator, critic) parameters, counted on the meta device: no memory, milliseconds."""
+    with torch.device("meta"):
+        generator, critic = _construct(model_cfg, channels, image_size, num_classes)
+    return count_parameters(generator), count_parameters(critic)
+
+
+def check_model_size(model_cfg, channels: int, image_size: int,
+                     num_classes: Optional[int] = None) -> tuple[int, int]:
+    """(generator, critic) parameters, or a ConfigError when either is over model.max_parameters."""
+    g, d = parameter_counts(model_cfg, channels, image_size, num_classes)
+    cap = getattr(model_cfg, "max_parameters", DEFAULT_MAX_PARAMETERS)
+    if max(g, d) > cap:
+        raise ConfigError(
+            f"model.max_parameters: the generator would have {g:,} parameters and the critic {d:,} "
+            f"(model.width={model_cfg.width}, dataset.image_size={image_size}, {channels} channel(s)), over "
+            f"model.max_parameters={cap:,}. Lower model.width or dataset.image_size, or raise "
+            f"model.max_parameters (e.g. --set model.max_parameters={max(g, d)}) if you mean it")
+    return g, d
+
+
 def build_models(model_cfg, channels: int, image_size: int,
                  num_classes: Optional[int] = None) -> tuple[nn.Module, nn.Module]:
-    """The per-label pair, or with `num_classes` the conditional pair of the baseline."""
+    """The per-label pair, or with `num_classes` the conditional pair of the baseline; refused
+    (ConfigError) over model.max_parameters."""
+    check_model_size(model_cfg, channels, image_size, num_classes)
+    return _construct(model_cfg, channels, image_size, num_classes)
+
+
+def _construct(model_cfg, channels: int, image_size: int,
+               num_classes: Optional[int]) -> tuple[nn.Module, nn.Module]:
     if num_classes is None:
         return (Generator(model_cfg.z_dim, model_cfg.width, channels, image_size),
                 Critic(model_cfg.width, channels, image_size))
