@@ -5,7 +5,7 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed-stamp
 ARGS   ?=
 
-.PHONY: venv demo test test-fast chaos bench scaling-sweep fetch-weights clean-runs
+.PHONY: venv demo test test-fast chaos bench gpu-check scaling-sweep fetch-weights clean-runs
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -27,9 +27,14 @@ KILLS ?= 10
 chaos: $(STAMP)  ## a digits run under KILLS label-actor kills, a collector kill and a driver kill; checks nothing was lost
 	$(BIN)/python -m orchestrator.chaos --kills $(KILLS) $(ARGS)
 
-bench: $(STAMP)  ## throughput ratio vs a bare loop, start-up latency, placement at 10/100/1000 labels
+bench: $(STAMP)  ## throughput ratio vs a bare loop, start-up latency, placement at 10/100/1000 labels, packing, describe()
 	$(BIN)/python bench/throughput.py
 	$(BIN)/python bench/placement_sim.py
+	$(BIN)/python bench/packing.py
+	$(BIN)/python bench/describe_scale.py
+
+gpu-check: $(STAMP)  ## on a GPU machine (~5 min on one H100): devices, actor/bare ratio, 10 labels shared vs packed, bf16 on/off
+	$(BIN)/python bench/gpu_check.py $(ARGS)
 
 WORKERS ?= 1,2
 STEPS   ?= 200

@@ -1,8 +1,9 @@
-"""Collector: one actor per run that hears from every label actor and scores the ensemble.
+"""Collector: one actor per run that hears from every label actor; it coordinates, and scores nothing.
 
-Label actors report progress, checkpoints and completion to it (fire and forget) and wait
-for each other at its start line; the driver polls :meth:`progress` for its live table and
-calls :meth:`finalize` once every label is done.
+Label actors report progress, checkpoints and completion to it (fire and forget, one call per
+actor for all its labels) and wait for each other at its start line; the driver polls
+:meth:`progress` for its live table. Scoring is a task of its own with real resources
+(:mod:`metrics.finalize`): this actor holds no CPU and no GPU.
 
 It holds nothing that cannot be rebuilt: Ray restarts it when it dies (the driver asks for
 ``max_restarts=-1``), and a restarted collector reads each label's step and budget spent from
@@ -17,15 +18,16 @@ import logging
 import time
 from typing import Optional
 
+from core.devices import hide_unassigned_gpus, visible_gpus
 from core.logs import configure as configure_logging
 from core.rundir import RunDir, checkpoint_meta, write_text
 
 logger = logging.getLogger(__name__)
 
 
-
 class Collector:
     def __init__(self, run_dir: str, labels: list[int], log_level: Optional[str] = None):
+        hide_unassigned_gpus()  # it asked for no GPU: nothing here may land on GPU 0 unreserved
         configure_logging(log_level)  # scoring logs from this process reach the driver's terminal
         self.run = RunDir(run_dir)
         self.labels = list(labels)
@@ -48,14 +50,20 @@ class Collector:
 
     # ------------------------------------------------------------- reports from label actors
 
-    def report_progress(self, label: int, stats: dict) -> None:
-        self.state[label] = {**self.state.get(label, {}), **stats, "updated": time.time()}
+    # Each takes {label: payload}: an actor training several labels reports them in one call.
 
-    def report_checkpoint(self, label: int, meta: dict) -> None:
-        self.state[label] = {**self.state.get(label, {}), "last_checkpoint_step": meta["step"]}
+    def report_progress(self, updates: dict[int, dict]) -> None:
+        now = time.time()
+        for label, stats in updates.items():
+            self.state[label] = {**self.state.get(label, {}), **stats, "updated": now}
 
-    def report_done(self, label: int, summary: dict) -> None:
-        self.state[label] = {**self.state.get(label, {}), **summary, "step": summary["steps"], "state": "done"}
+    def report_checkpoint(self, updates: dict[int, dict]) -> None:
+        for label, meta in updates.items():
+            self.state[label] = {**self.state.get(label, {}), "last_checkpoint_step": meta["step"]}
+
+    def report_done(self, updates: dict[int, dict]) -> None:
+        for label, summary in updates.items():
+            self.state[label] = {**self.state.get(label, {}), **summary, "step": summary["steps"], "state": "done"}
 
     def report_failed(self, label: int, error: str) -> None:
         self.failed.add(label)
@@ -64,13 +72,13 @@ class Collector:
 
     # ------------------------------------------------------------- the start line
 
-    async def wait_for_start(self, label: int) -> None:
-        """Returns once every label has loaded its data or failed for good: one call per label,
-        however long the wait. Stays open for restarted label actors, and across a restart of
-        this collector (the opening is recorded in the run directory)."""
+    async def wait_for_start(self, labels: int | list[int]) -> None:
+        """Returns once every label has loaded its data or failed for good: one call per actor
+        (for all of its labels), however long the wait. Stays open for restarted label actors,
+        and across a restart of this collector (the opening is recorded in the run directory)."""
         if self._all_ready is None:
             self._all_ready = asyncio.Event()
-        self.ready.add(label)
+        self.ready.update([labels] if isinstance(labels, int) else labels)
         self._maybe_open()
         if not self.opened:
             await self._all_ready.wait()
@@ -90,19 +98,6 @@ class Collector:
     def progress(self) -> dict[int, dict]:
         return self.state
 
-    # ------------------------------------------------------------- the end of a run
-
-    def finalize(self, evaluate: bool = True) -> dict:
-        """The sample grid, then the metrics (results.csv, plots, report.md). Runs on this actor's event
-        loop, so progress calls wait meanwhile; by then every label is done."""
-        # Deferred: torch and matplotlib would slow this actor's start, beside the label actors'.
-        from metrics.evaluate import evaluate_run
-        from metrics.grid import save_run_grid
-
-        outputs = {"grid": str(save_run_grid(self.run))}
-        if evaluate:
-            evaluate_run(self.run.path)
-            outputs["results"] = str(self.run.results_csv)
-            outputs["report"] = str(self.run.report)
-        return outputs
-
+    def visible_gpus(self) -> Optional[str]:
+        """What CUDA may see in this process ("": none), for tests and `wcgan status`."""
+        return visible_gpus()

@@ -20,6 +20,7 @@ from core.errors import RunFailed
 from core.rundir import BASELINE, RunDir, write_text
 from metrics.grid import save_run_grid
 from orchestrator.cluster import alive_nodes
+from orchestrator.preflight import check_run_disk
 from orchestrator.resources import check_workers_fit
 from workers.baseline import train_loop_per_worker
 from workers.data import describe
@@ -41,6 +42,7 @@ def train_baseline(cfg: Config, run_dir: str | Path, num_workers: int, use_gpu: 
     if num_workers < 1:
         raise ValueError("num_workers must be >= 1")
     info = describe(cfg.dataset)  # bad data fails here, before any worker starts
+    check_run_disk(cfg, info.channels, info.image_size, len(info.labels), num_classes=info.num_classes)
     run = RunDir(Path(run_dir).resolve())
     resources = dict(resources_per_worker or ({"CPU": 1.0, "GPU": 1.0} if use_gpu else {"CPU": 1.0}))
     if use_gpu:

@@ -12,6 +12,9 @@ same command. Afterwards:
 * every history.csv has no step twice and no hole longer than a checkpoint interval;
 * every kept checkpoint loads.
 
+It runs one label per actor (the local CPU plan never packs), so a kill hits one label; packs
+are not exercised here (their resume is tested in tests/test_packing.py).
+
     python -m orchestrator.chaos --kills 10 --seed 0
 """
 

@@ -99,6 +99,16 @@ def cmd_status(args) -> int:
     return cmd_status(args)
 
 
+def _gpus_arg(text: str):
+    """--gpus-per-worker: 'auto' or a number."""
+    if text == "auto":
+        return text
+    try:
+        return float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected 'auto' or a number, got {text!r}") from None
+
+
 def _add_verbosity(p: argparse.ArgumentParser, default) -> None:
     group = p.add_mutually_exclusive_group()
     group.add_argument("-q", "--quiet", action="store_true", default=default, help="print warnings and errors only")
@@ -160,8 +170,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--labels", type=int, default=None,
                    help="strong scaling: number of labels trained at every point (default: the largest N)")
     p.add_argument("--cpus-per-worker", type=float, default=1.0, help="CPUs of one worker (default 1)")
-    p.add_argument("--gpus-per-worker", type=float, default=0.0,
-                   help="GPUs of one worker (default 0; 1 on a GPU cluster)")
+    p.add_argument("--gpus-per-worker", type=_gpus_arg, default="auto",
+                   help="GPUs of one worker, at most 1 (default auto: in weak mode a GPU per label where the "
+                        "cluster has GPUs, CPUs where it has none; strong mode: CPU workers unless given)")
     p.add_argument("--out", default=None, help="output directory (default runs/sweeps/<sweep id>)")
     p.add_argument("--storage", default=None,
                    help="run.storage for the jobs, a path shared by every node and this machine "

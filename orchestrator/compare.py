@@ -162,7 +162,7 @@ def write_report(cmp_dir: Path, table: pd.DataFrame, cfg: Config, info, ens_plan
         f"- both: model.width={cfg.model.width}, z_dim={cfg.model.z_dim}, lr={cfg.train.lr:g}, "
         f"betas={tuple(cfg.train.betas)}, n_critic={cfg.train.n_critic}, gp_weight={cfg.train.gp_weight:g}, "
         f"seed={cfg.train.seed}; {cfg.metrics.samples_per_label} samples per label scored with the same noise",
-        f"- resources held in total: ensemble {fmt.resources(ens_plan.gpus_per_label * ens_plan.n_labels, ens_plan.cpus_per_label * ens_plan.n_labels)}, "
+        f"- resources held in total: ensemble {fmt.resources(ens_plan.total_gpus, ens_plan.total_cpus)}, "
         f"baseline {fmt.resources(bl_plan.num_workers * bl_plan.resources_per_worker.get('GPU', 0), bl_plan.num_workers * bl_plan.resources_per_worker.get('CPU', 0))}",
         "", "## Files", "",
         "- `comparison.csv`: the table above, one row per method (plus device, workers, steps, parameters)",
@@ -239,15 +239,16 @@ def compare(cfg: Config, address: Optional[str] = None, evaluate: Optional[bool]
 
     # 4. the table
     params = _param_counts(cfg, info)
-    use_gpu = ens_plan.gpus_per_label > 0
-    per_actor = ens_plan.gpus_per_label if use_gpu else ens_plan.cpus_per_label
+    use_gpu = ens_plan.gpus_per_actor > 0
+    per_label = ens_plan.gpus_per_label if use_gpu else ens_plan.cpus_per_label  # a pack's share, split
     per_worker = bl_plan.resources_per_worker.get("GPU" if bl_plan.use_gpu else "CPU", 0.0)
     rows = [
         {"method": "ensemble", **score_row(results["ensemble"]),
          "images_per_s": float(ens_summary["images_per_s"].sum()),
-         "device_seconds": float(per_actor * ens_summary["elapsed_s"].sum()),
+         "device_seconds": float(per_label * ens_summary["elapsed_s"].sum()),
          "budget_s": cfg.train.budget_s, "device": "GPU" if use_gpu else "CPU",
-         "workers": f"{ens_plan.n_labels} label actors",
+         "workers": f"{ens_plan.n_actors} label actors" + (f" ({ens_plan.n_labels} labels)"
+                                                             if ens_plan.labels_per_actor > 1 else ""),
          "steps": int(ens_summary["steps"].sum()), "train_s": float(ens_summary["elapsed_s"].max()),
          "generator_params": params["ensemble"][0], "critic_params": params["ensemble"][1]},
         {"method": "baseline", **score_row(results["baseline"]),

@@ -22,15 +22,18 @@ from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
 from core.actors import NAMESPACE, collector_actor, label_actor, live_actors
 from core.config import Config, dump_config, load_config
 from core.errors import ConfigError, PlacementError, RunFailed
+from core.fmt import resources as fmt_resources
 from core.rundir import RunDir, write_csv, write_text
 from core.runlock import RunLock
 from metrics.collector import Collector
+from metrics.finalize import finalize_run
 from metrics.inception import resolve_inception_weights
 from orchestrator.cluster import alive_nodes, connect
-from orchestrator.preflight import check_storage
-from orchestrator.resources import ResourcePlan, plan_resources
+from orchestrator.preflight import check_run_disk, check_storage
+from orchestrator.resources import ResourcePlan, plan_resources, plan_scoring
 from orchestrator.supervise import Supervisor
 from workers.data import DatasetInfo, describe
+from workers.models import check_model_size
 from workers.trainer import LabelTrainer
 
 logger = logging.getLogger(__name__)
@@ -62,21 +65,22 @@ def place(plan: ResourcePlan, run_id: str, timeout_s: float):
 
 
 def start_label_actors(run_dir: Path, cfg: Config, run_id: str, labels, plan: ResourcePlan, pg,
-                       collector: Optional[str] = None) -> list:
-    """One named actor per label, bundle i of the placement group for label i."""
+                       collector: Optional[str] = None) -> dict[tuple[int, ...], ray.actor.ActorHandle]:
+    """One named actor per pack of labels (one label each unless the plan packs them), bundle i of
+    the placement group for pack i."""
     remote_trainer = ray.remote(LabelTrainer)
-    return [
-        remote_trainer.options(
-            name=label_actor(run_id, label),
+    return {
+        pack: remote_trainer.options(
+            name=label_actor(run_id, pack),
             namespace=NAMESPACE,
-            num_cpus=plan.cpus_per_label,
-            num_gpus=plan.gpus_per_label,
+            num_cpus=plan.cpus_per_actor,
+            num_gpus=plan.gpus_per_actor,
             max_restarts=cfg.max_restarts,
             max_task_retries=cfg.max_restarts,
             scheduling_strategy=PlacementGroupSchedulingStrategy(pg, placement_group_bundle_index=i),
-        ).remote(str(run_dir), cfg.to_dict(), label, run_id, plan.torch_threads, collector)
-        for i, label in enumerate(labels)
-    ]
+        ).remote(str(run_dir), cfg.to_dict(), list(pack), run_id, plan.torch_threads, collector)
+        for i, pack in enumerate(plan.packs(labels))
+    }
 
 
 def _absolute_paths(cfg: Config) -> Config:
@@ -150,6 +154,8 @@ def train(cfg: Config, address: Optional[str] = None, evaluate: Optional[bool] =
     check_storage(cfg.run.storage)
     do_eval = cfg.metrics.enabled if evaluate is None else evaluate
     info: DatasetInfo = describe(cfg.dataset)
+    check_model_size(cfg.model, info.channels, info.image_size)  # no 1-billion-parameter surprise on the actors
+    check_run_disk(cfg, info.channels, info.image_size, len(info.labels))  # a full disk fails labels for good
     run_id = new_run_id(cfg)
     run = RunDir(Path(cfg.run.storage) / run_id)
     resuming = run.config.exists()
@@ -165,7 +171,7 @@ def train(cfg: Config, address: Optional[str] = None, evaluate: Optional[bool] =
     existed = run.path.exists()
     lock = RunLock(run, ray_address=ray.get_runtime_context().gcs_address)
     pg = None
-    actors: dict[int, ray.actor.ActorHandle] = {}
+    actors: dict[tuple[int, ...], ray.actor.ActorHandle] = {}
     collector = None
 
     def release() -> None:
@@ -185,8 +191,7 @@ def train(cfg: Config, address: Optional[str] = None, evaluate: Optional[bool] =
         if resuming:
             logger.info("resuming %s: labels continue from their latest checkpoints", run.path)
         collector = start_collector(run, run_id, info.labels)
-        actors.update(zip(info.labels, start_label_actors(run.path, cfg, run_id, info.labels, plan, pg,
-                                                          collector_actor(run_id))))
+        actors.update(start_label_actors(run.path, cfg, run_id, info.labels, plan, pg, collector_actor(run_id)))
         supervisor = Supervisor(cfg, actors, collector, started=run.started.exists)  # removes finished actors
         outcome = supervisor.run()
         supervisor.wait_for_exits()
@@ -199,7 +204,7 @@ def train(cfg: Config, address: Optional[str] = None, evaluate: Optional[bool] =
         logger.info("%s; collecting%s", "all labels done" if not outcome.failures else
                     f"{len(summaries)} of {len(info.labels)} labels done", " and scoring the ensemble" if do_eval else "")
         if summaries:
-            outputs.update(_finalize(collector, run, do_eval))
+            outputs.update(_finalize(run, do_eval))
         if outcome.failures:
             raise RunFailed(
                 f"{len(outcome.failures)} of {len(info.labels)} labels failed: "
@@ -226,7 +231,8 @@ def train(cfg: Config, address: Optional[str] = None, evaluate: Optional[bool] =
 
 
 SUMMARY_COLUMNS = ["label", "steps", "elapsed_s", "steps_per_s", "images_per_s", "critic_loss",
-                   "generator_loss", "wasserstein", "restarts", "device", "resumed_from_step", "first_step_unix"]
+                   "generator_loss", "wasserstein", "restarts", "device", "resumed_from_step", "first_step_unix",
+                   "labels_in_actor", "peak_gpu_mb"]
 
 
 def write_summary(run: RunDir, summaries: list[dict]) -> Path:
@@ -235,10 +241,16 @@ def write_summary(run: RunDir, summaries: list[dict]) -> Path:
     return write_csv(frame, run.summary_csv)
 
 
-def _finalize(collector, run: RunDir, evaluate: bool) -> dict:
-    """The sample grid and, if asked, the scores; a failure here loses no training, so say how to redo it."""
+def _finalize(run: RunDir, evaluate: bool) -> dict:
+    """The sample grid and, if asked, the scores, in a task holding a GPU (or a node's CPUs) now that
+    the label actors are gone; a failure here loses no training, so say how to redo it."""
+    res = plan_scoring(alive_nodes())
+    logger.info("scoring with %s", fmt_resources(res["num_gpus"], res["num_cpus"]))
+    task = ray.remote(finalize_run).options(**res, max_retries=0)
     try:
-        return ray.get(collector.finalize.options(max_task_retries=0).remote(evaluate=evaluate))
+        outputs = ray.get(task.remote(str(run.path), evaluate, threads=int(res["num_cpus"]),
+                                      log_level=logging.getLevelName(logger.getEffectiveLevel())))
+        return {k: v for k, v in outputs.items() if k in ("grid", "results", "report")}
     except ray.exceptions.RayError as err:
         raise RunFailed(f"every label finished, but scoring failed ({type(err).__name__}: "
                         f"{str(err).strip().splitlines()[-1] if str(err).strip() else err!r}). Training is kept in "

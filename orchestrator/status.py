@@ -98,7 +98,9 @@ def _progress(name: str) -> Optional[dict]:
 
 
 def gather(address: Optional[str], only_run: Optional[str] = None, progress: bool = True) -> dict[str, dict]:
-    """{run_id: {"labels": {k: actor row}, "collector": row or None, "progress": {k: state}}}.
+    """{run_id: {"labels": {(first, last): actor row}, "collector": row or None, "progress": {k: state}}}.
+
+    An actor covers the run's labels first..last (one label, or a pack of them).
 
     `address`: what the state API is asked (a dashboard URL, or a cluster address it resolves)."""
     runs: dict[str, dict] = defaultdict(lambda: {"labels": {}, "collector": None, "progress": None})
@@ -106,11 +108,11 @@ def gather(address: Optional[str], only_run: Optional[str] = None, progress: boo
         parsed = parse(actor["name"])
         if parsed is None or (only_run and parsed[0] != only_run):
             continue
-        run_id, label = parsed
-        if label is None:
+        run_id, span = parsed
+        if span is None:
             runs[run_id]["collector"] = actor
         else:
-            runs[run_id]["labels"][label] = actor
+            runs[run_id]["labels"][span] = actor
     if progress:
         for run_id, run in runs.items():
             if run["collector"] is not None:
@@ -120,6 +122,16 @@ def gather(address: Optional[str], only_run: Optional[str] = None, progress: boo
 
 
 # ------------------------------------------------------------------------------------ the table
+
+
+def _actor_by_label(actors: dict[tuple[int, int], dict], progress: dict[int, dict]) -> dict[int, dict]:
+    """Each label's actor row. A pack's name gives its first and last label; the labels between
+    them are the run's labels (as the collector knows them) in that range."""
+    out: dict[int, dict] = {}
+    for (first, last), actor in actors.items():
+        # Without progress (a dashboard URL, a collector being restarted), assume contiguous labels.
+        out.update({k: actor for k in (progress or range(first, last + 1)) if first <= k <= last})
+    return out
 
 
 def format_status(runs: dict[str, dict], address: str, max_rows: int = 50, note: str = "") -> str:
@@ -132,11 +144,14 @@ def format_status(runs: dict[str, dict], address: str, max_rows: int = 50, note:
     for run_id in sorted(runs):
         run = runs[run_id]
         progress = run["progress"] or {}
-        labels = sorted(set(run["labels"]) | set(progress))
+        actor_of = _actor_by_label(run["labels"], progress)
+        labels = sorted(set(actor_of) | set(progress))
         budget = None
         done = sum(1 for k in labels if progress.get(k, {}).get("state") == "done")
         steps = sorted(int(progress.get(k, {}).get("step", 0) or 0) for k in labels)
         head = f"\nrun {run_id}: {len(run['labels'])} label actors alive"
+        if any(first != last for first, last in run["labels"]):
+            head += f" (training {len(actor_of)} labels)"
         if progress:
             head += f", {done}/{len(labels)} labels done"
             if steps:
@@ -148,7 +163,7 @@ def format_status(runs: dict[str, dict], address: str, max_rows: int = 50, note:
         out.append(head)
         rows = []
         for k in labels[:max_rows]:
-            actor = run["labels"].get(k, {})
+            actor = actor_of.get(k, {})
             s = progress.get(k, {})
             budget = s.get("budget_s", budget)
             left = None

@@ -2,12 +2,13 @@
 
 The driver never waits without a bound and never lets one label's failure end the others:
 
-* Each label's ``run()`` ends in a summary or a failure of that label alone: bad data found
-  in the actor (with the file's path), an exception, an actor that died after its restarts,
-  or any other Ray error (object lost, out of memory, ...).
-* A label in training that reports no new step for ``train.stall_timeout_s`` is killed with
-  Ray's restart allowed: while restarts remain, Ray re-creates it and it resumes from its
-  latest checkpoint; when none remain, it fails.
+* Each actor's ``run()`` ends in a summary or a failure per label: bad data found in the
+  actor (with the file's path) fails that label alone; an exception, an actor that died after
+  its restarts, or any other Ray error (object lost, out of memory, ...) fails the labels of
+  that actor (one, unless it trains a pack of labels) and no other.
+* A label in training that reports no new step for ``train.stall_timeout_s`` has its actor
+  killed with Ray's restart allowed: while restarts remain, Ray re-creates it and it resumes
+  from its latest checkpoints; when none remain, its labels fail.
 * Past ``budget_s + deadline_grace_s`` from the start, labels still running are stopped and
   reported as failed.
 * The collector may die and be restarted by Ray meanwhile: a progress poll that does not
@@ -44,10 +45,12 @@ def stall_timeout_s(cfg: Config) -> float:
 
 
 class Supervisor:
-    def __init__(self, cfg: Config, actors: dict[int, ray.actor.ActorHandle], collector,
+    def __init__(self, cfg: Config, actors: dict[tuple[int, ...], ray.actor.ActorHandle], collector,
                  started: Callable[[], bool] = lambda: False):
+        """`actors`: each actor keyed by the labels it trains (finished ones are removed from it)."""
         self.cfg = cfg
         self.actors = actors
+        self.pack_of = {label: pack for pack in actors for label in pack}
         self.collector = collector
         self.started = started  # whether the labels' start line has opened
         self.outcome = Outcome()
@@ -58,7 +61,7 @@ class Supervisor:
 
     def run(self) -> Outcome:
         train = self.cfg.train
-        pending = {actor.run.remote(): label for label, actor in self.actors.items()}
+        pending = {actor.run.remote(): pack for pack, actor in self.actors.items()}
         t0 = time.monotonic()
         opened: Optional[float] = None  # when the start line opened: the budget clocks start there
         while pending:
@@ -75,22 +78,26 @@ class Supervisor:
                                        f"(train.budget_s + train.deadline_grace_s)")
                 break
             if progress:  # judge stalls on fresh news only
-                self._restart_stalled(set(pending.values()))
+                self._restart_stalled({label for pack in pending.values() for label in pack})
             else:
                 self._last_step.clear()
         return self.outcome
 
     # ------------------------------------------------------------------ one label's end
 
-    def _settle(self, label: int, ref) -> None:
+    def _settle(self, pack: tuple[int, ...], ref) -> None:
         try:
-            self.outcome.summaries[label] = ray.get(ref)
-            self._retire(label)
+            result = ray.get(ref)
+            self.outcome.summaries.update(result["summaries"])
+            for label, err in result["failures"].items():  # bad data of one label of a pack
+                self.outcome.user_errors[label] = err
+                self._fail(label, str(err))
+            self._retire(pack)
             return
         except ray.exceptions.RayTaskError as err:
             cause = err.cause  # the actor's own exception, without Ray's header and traceback
             if isinstance(cause, ConfigError):
-                self.outcome.user_errors[label] = cause
+                self.outcome.user_errors.update({label: cause for label in pack})
                 message = str(cause)  # names the file or setting
             else:
                 message = _last_line(err)
@@ -98,7 +105,8 @@ class Supervisor:
             message = f"actor died after {self.cfg.max_restarts} restart(s): {_first_line(err)}"
         except ray.exceptions.RayError as err:  # object lost, out of memory, ...: this label's failure only
             message = f"{type(err).__name__}: {_first_line(err)}"
-        self._fail(label, message)
+        for label in pack:
+            self._fail(label, message)
 
     def _fail(self, label: int, message: str) -> None:
         self.outcome.failures[label] = message
@@ -108,10 +116,10 @@ class Supervisor:
         except Exception:  # the collector is being restarted: the driver's outcome is what counts
             pass
 
-    def _retire(self, label: int) -> None:
+    def _retire(self, pack: tuple[int, ...]) -> None:
         """A finished actor exits on its own: no kill signal, so no traceback in the user's log."""
         # No retries: the call ends with the actor (retrying it would log a false alarm).
-        self._exiting.append(self.actors.pop(label).__ray_terminate__.options(max_task_retries=0).remote())
+        self._exiting.append(self.actors.pop(pack).__ray_terminate__.options(max_task_retries=0).remote())
 
     def wait_for_exits(self, timeout_s: float = 30.0) -> None:
         """Let the finished actors leave before their placement group is removed (which would kill them)."""
@@ -119,9 +127,10 @@ class Supervisor:
             ray.wait(self._exiting, num_returns=len(self._exiting), timeout=timeout_s)
 
     def _give_up(self, pending: dict, why: str) -> None:
-        for label in sorted(pending.values()):
-            ray.kill(self.actors[label], no_restart=True)
-            self._fail(label, why)
+        for pack in sorted(pending.values()):
+            ray.kill(self.actors[pack], no_restart=True)
+            for label in pack:
+                self._fail(label, why)
         pending.clear()
 
     # ------------------------------------------------------------------ watching progress
@@ -144,7 +153,10 @@ class Supervisor:
 
     def _restart_stalled(self, running: set[int]) -> None:
         now, limit = time.monotonic(), stall_timeout_s(self.cfg)
+        killed: set[tuple[int, ...]] = set()
         for label in sorted(running):
+            if self.pack_of[label] in killed:
+                continue
             state = self._progress.get(label, {})
             if label in self._restarting:
                 if state.get("state") == "training" and int(state.get("restarts") or 0) <= self._restarting[label]:
@@ -156,11 +168,15 @@ class Supervisor:
                 self._last_step[label] = (step, now)
                 continue
             if now - since >= limit:
+                pack = self.pack_of[label]
+                also = f" (and labels {', '.join(map(str, pack))} of its actor)" if len(pack) > 1 else ""
                 logger.warning("label %d: no progress for %.0fs at step %d (train.stall_timeout_s=%g); restarting "
-                               "it from its latest checkpoint", label, now - since, step, limit)
-                ray.kill(self.actors[label], no_restart=False)  # Ray re-creates it while restarts remain
-                self._restarting[label] = int(state.get("restarts") or 0)
-                self._last_step.pop(label, None)
+                               "it%s from its latest checkpoint", label, now - since, step, limit, also)
+                ray.kill(self.actors[pack], no_restart=False)  # Ray re-creates it while restarts remain
+                killed.add(pack)
+                for k in pack:
+                    self._restarting[k] = int(self._progress.get(k, {}).get("restarts") or 0)
+                    self._last_step.pop(k, None)
 
 
 def _first_line(err: Exception) -> str:

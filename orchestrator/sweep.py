@@ -13,7 +13,10 @@ strong          point N: the same L labels (`--labels`, default max N) on N work
                 labels pack onto N GPUs; CPU shares N*cpus/L). Fixed total work L x steps.
                 efficiency(N) = total images/s at N / (N/N0 x total images/s at N0).
 
-A "worker" is `--gpus-per-worker` GPUs + `--cpus-per-worker` CPUs (default 0 GPU + 1 CPU).
+A "worker" is `--gpus-per-worker` GPUs + `--cpus-per-worker` CPUs (default auto + 1 CPU). In
+weak mode `auto` lets each job plan its labels' GPUs on the cluster it runs on: a whole GPU per
+label where the cluster has enough, shares where it has fewer, CPUs only where it has none.
+Strong mode needs the share spelled out: `auto` there means CPU workers (pass 1 for GPU workers).
 On CPU-only nodes Ray's CPU shares are logical: they set each actor's torch threads
 (int(share), at least 1) but do not fence cores, so strong scaling on CPUs is only
 meaningful with at least one CPU per label; on GPUs the shares pin CUDA devices.
@@ -34,7 +37,7 @@ import sys
 import time
 import uuid
 from pathlib import Path
-from typing import Optional
+from typing import Optional, Union
 
 import pandas as pd
 
@@ -85,14 +88,20 @@ def label_pool(cfg: Config) -> list[int]:
 
 
 def plan_points(mode: str, workers: list[int], pool: list[int], steps: int, cpus_per_worker: float,
-                gpus_per_worker: float, labels: Optional[int] = None, dataset: str = "data set") -> list[dict]:
-    """One dict per sweep point: N, the labels it trains and each label's resources."""
+                gpus_per_worker: Union[float, str], labels: Optional[int] = None,
+                dataset: str = "data set") -> list[dict]:
+    """One dict per sweep point: N, the labels it trains and each label's resources
+    ("auto" GPUs: the job plans them on its cluster)."""
     if steps < 1:
         raise ConfigError("--steps: must be >= 1")
-    if cpus_per_worker < 0 or gpus_per_worker < 0 or (cpus_per_worker == 0 and gpus_per_worker == 0):
+    if gpus_per_worker == "auto" and mode == "strong":
+        logger.info("strong scaling: --gpus-per-worker auto means CPU workers; pass 1 for GPU workers")
+        gpus_per_worker = 0.0
+    gpus_known = 0.0 if gpus_per_worker == "auto" else float(gpus_per_worker)
+    if cpus_per_worker < 0 or gpus_known < 0 or (cpus_per_worker == 0 and gpus_known == 0 and gpus_per_worker != "auto"):
         raise ConfigError("--cpus-per-worker/--gpus-per-worker: a worker needs some CPU or GPU")
-    if gpus_per_worker > 1 and gpus_per_worker != int(gpus_per_worker):
-        raise ConfigError("--gpus-per-worker: above 1 it must be a whole number")
+    if gpus_known > 1:
+        raise ConfigError("--gpus-per-worker: at most 1 (a label trains on one GPU; more workers use more GPUs)")
     points = []
     if mode == "weak":
         if workers[-1] > len(pool):
@@ -129,8 +138,8 @@ def plan_points(mode: str, workers: list[int], pool: list[int], steps: int, cpus
     return points
 
 
-def _fmt_num(x: float) -> str:
-    return f"{x:g}"
+def _fmt_num(x: Union[float, str]) -> str:
+    return x if isinstance(x, str) else f"{x:g}"
 
 
 def entrypoint(config_arg: Optional[str], user_overrides: list[str], point: dict, steps: int, budget_s: float,
@@ -142,6 +151,8 @@ def entrypoint(config_arg: Optional[str], user_overrides: list[str], point: dict
         f"train.budget_s={_fmt_num(budget_s)}",
         f"resources.cpus_per_label={_fmt_num(point['cpus'])}",
         f"resources.gpus_per_label={_fmt_num(point['gpus'])}",
+        # One label per process at every point: a pack would change what is measured.
+        "resources.labels_per_actor=1", "resources.max_actors_per_gpu=1024",
         f"run.id={run_id}",
         f"run.storage={storage}",
     ]
@@ -240,7 +251,7 @@ def run_sweep(args) -> tuple[list[dict], Path]:
     address = args.address or os.environ.get("RAY_API_SERVER_ADDRESS") or os.environ.get("RAY_ADDRESS")
     head = None
     rows: list[dict] = []
-    worker_desc = " + ".join(x for x in (f"{args.gpus_per_worker:g} GPU" if args.gpus_per_worker else "",
+    worker_desc = " + ".join(x for x in (f"{_fmt_num(args.gpus_per_worker)} GPU" if args.gpus_per_worker else "",
                                          f"{args.cpus_per_worker:g} CPU" if args.cpus_per_worker else "") if x)
     logger.info(f"sweep {sweep_id}: {args.mode} scaling of {cfg.dataset.name}, N in {workers}, worker = {worker_desc}, "
         f"{args.steps} steps per label; output {out}")
@@ -255,7 +266,7 @@ def run_sweep(args) -> tuple[list[dict], Path]:
             tag = f"[{i}/{len(points)}] N={n}"
             cmd = entrypoint(config_arg, args.overrides, point, args.steps, args.budget_s, run_id, str(storage))
             submission_id = f"{run_id}-{uuid.uuid4().hex[:6]}"
-            res = (f"{point['gpus']:g} GPU + " if point["gpus"] else "") + f"{point['cpus']:g} CPU"
+            res = (f"{_fmt_num(point['gpus'])} GPU + " if point["gpus"] else "") + f"{point['cpus']:g} CPU"
             logger.info(f"{tag}: {len(point['labels'])} label(s) x ({res}), {args.steps} steps each; "
                 f"submitting job {submission_id}")
             t0 = time.monotonic()

@@ -29,10 +29,11 @@ LABELS = ("0", "1")
 
 
 def test_status_table_format():
-    assert parse("wcgan/r-1/label-12") == ("r-1", 12)
+    assert parse("wcgan/r-1/label-12") == ("r-1", (12, 12))
+    assert parse("wcgan/r-1/labels-16-31") == ("r-1", (16, 31))
     assert parse("wcgan/r-1/collector") == ("r-1", None)
     assert parse("wcgan/r-1/other") is None
-    runs = {"r1": {"labels": {0: {"name": "wcgan/r1/label-0", "state": "ALIVE", "pid": 7, "node_id": "abcdef0123"}},
+    runs = {"r1": {"labels": {(0, 0): {"name": "wcgan/r1/label-0", "state": "ALIVE", "pid": 7, "node_id": "abcdef0123"}},
                    "collector": {"name": "wcgan/r1/collector"},
                    "progress": {0: {"state": "training", "step": 42, "elapsed_s": 10.0, "budget_s": 60.0,
                                     "images_per_s": 1234.5, "wasserstein": 0.5}}}}

@@ -210,7 +210,7 @@ def test_a_stalled_label_is_restarted_then_failed_when_no_restarts_remain(ray_lo
     cfg = small_config(tmp_path, "train.log_every_s=0.5", "train.stall_timeout_s=2", "max_restarts=1",
                        "train.deadline_grace_s=30")  # without stall restarts it fails at the deadline
     stuck = _Stuck.options(max_restarts=1, max_task_retries=1).remote(str(marker))
-    outcome = Supervisor(cfg, {0: stuck}, _FrozenProgress.remote(str(marker))).run()
+    outcome = Supervisor(cfg, {(0,): stuck}, _FrozenProgress.remote(str(marker))).run()
     assert marker.read_text().count("started") == 2  # killed once and re-created by Ray...
     assert "died after 1 restart" in outcome.failures[0]  # ...then killed again, with no restart left
 

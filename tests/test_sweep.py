@@ -38,6 +38,17 @@ def test_strong_points_share_n_workers_between_fixed_labels():
     assert three["gpus"] == 0.25  # 4 labels per GPU: 10 labels fit on 3 GPUs (0.3333 would not)
     with pytest.raises(ConfigError, match="idle"):
         plan_points("strong", [1, 4], list(range(10)), 10, 1.0, 0.0, labels=2)
+    with pytest.raises(ConfigError, match="at most 1"):
+        plan_points("strong", [1, 2], list(range(10)), 10, 1.0, 2.0, labels=4)
+
+
+def test_weak_points_let_each_job_plan_its_gpus():
+    """auto (the default): the job's own plan gives each label a GPU where the cluster has them."""
+    points = plan_points("weak", [1, 2], list(range(10)), 50, 1.0, "auto")
+    assert [p["gpus"] for p in points] == ["auto", "auto"]
+    args = shlex.split(entrypoint(None, [], points[1], 50, 600, "s-n2", "/runs"))
+    assert "resources.gpus_per_label=auto" in args and "resources.cpus_per_label=1" in args
+    assert [p["gpus"] for p in plan_points("strong", [1, 2], list(range(10)), 5, 1.0, "auto", labels=2)] == [0.0, 0.0]
 
 
 def test_entrypoint_is_a_train_command_with_the_point_overrides_last():

@@ -30,6 +30,7 @@ from typing import Sequence
 import torch
 
 from core.config import Config
+from core.devices import hide_unassigned_gpus
 from core.logs import configure as configure_logging
 from core.rundir import BASELINE, History, RunDir, write_text
 from workers.checkpoint import Checkpointer, restore
@@ -112,6 +113,7 @@ def train_loop_per_worker(config: dict) -> None:
     import torch.distributed as dist
 
     t_setup = time.monotonic()
+    hide_unassigned_gpus()  # a CPU worker on a GPU node: Ray Train gives it no GPU, so CUDA must see none
     configure_logging()
     run = RunDir(config["run_dir"])
     cfg = Config.model_validate(config["cfg"])

@@ -1,13 +1,18 @@
-"""LabelTrainer: the Ray actor that trains one label's WGAN-GP pair under a wall-clock budget.
+"""LabelTrainer: the Ray actor that trains its labels' WGAN-GP pairs under a wall-clock budget.
+
+Usually one label per actor. Where a GPU would otherwise hold more than
+``resources.max_actors_per_gpu`` processes, an actor trains several labels in turn
+(:class:`workers.pack.Pack`), each with its own checkpoints, history, metrics and progress rows,
+exactly as if it had a process of its own.
 
 A plain class; the driver wraps it with ``ray.remote`` (tests also drive it in-process).
 Heavy set-up happens in :meth:`run`, not ``__init__``: when Ray restarts a dead actor
 (``max_restarts``) and retries ``run`` on it (``max_task_retries``), the retry reloads the
-latest checkpoint and trains only for the budget that is left.
+latest checkpoints and trains only for the budget that is left.
 
-    run():  load this label's images -> build the pair -> resume from the latest checkpoint
-            -> wait at the start line -> BudgetedLoop (history, metrics, progress, checkpoints)
-            -> summary
+    run():  per label: load its images -> build its pair -> resume from its latest checkpoint
+            -> wait at the start line -> BudgetedLoop over the pack (history, metrics, progress,
+            checkpoints, per label) -> summaries
 """
 
 from __future__ import annotations
@@ -17,29 +22,47 @@ import os
 import socket
 import time
 import warnings
-from typing import Optional
+from dataclasses import dataclass
+from typing import Optional, Sequence, Union
 
 import torch
 
 from core.actors import NAMESPACE
 from core.config import Config
+from core.devices import hide_unassigned_gpus, visible_gpus
+from core.errors import ConfigError
 from core.logs import configure as configure_logging
 from core.rundir import History, RunDir, write_text
 from workers.checkpoint import Checkpointer, Resume, restore
 from workers.data import load_label
 from workers.gan import WGANGP, pick_device, use_fast_fixed_shape_kernels
 from workers.loop import BudgetedLoop
+from workers.pack import Pack
 
 logger = logging.getLogger(__name__)
 
 
+@dataclass
+class Lane:
+    """One label's share of an actor: its pair and everything written in its name."""
+
+    label: int
+    pair: WGANGP
+    resume: Resume
+    restarts: int
+    history: History
+    checkpointer: Checkpointer
+    telemetry: object = None
+
+
 class LabelTrainer:
-    def __init__(self, run_dir: str, cfg: dict, label: int, run_id: str, threads: int = 1,
+    def __init__(self, run_dir: str, cfg: dict, labels: Union[int, Sequence[int]], run_id: str, threads: int = 1,
                  collector_name: Optional[str] = None):
+        hide_unassigned_gpus()  # before anything can touch CUDA: only the GPUs Ray gave this actor
         configure_logging()  # this process's messages reach the driver's terminal through Ray
-        self.run = RunDir(run_dir)
+        self.rundir = RunDir(run_dir)
         self.cfg = Config.model_validate(cfg)
-        self.label = label
+        self.labels = [int(labels)] if isinstance(labels, int) else [int(k) for k in labels]
         self.run_id = run_id
         self.threads = threads
         # Looked up by name rather than passed as a handle: a restarted actor finds the
@@ -48,89 +71,150 @@ class LabelTrainer:
         self._collector = None
 
     def placement(self) -> dict:
-        """Where Ray put this actor: node, GPU ids it was given, process."""
+        """Where Ray put this actor: node, GPU ids it was given, what CUDA may see, process."""
         import ray
 
         ctx = ray.get_runtime_context()
         return {
-            "label": self.label,
+            "labels": self.labels,
             "node_id": ctx.get_node_id(),
             "gpu_ids": [str(g) for g in ctx.get_accelerator_ids().get("GPU", [])],
+            "visible_gpus": visible_gpus(),
+            "cuda_devices": torch.cuda.device_count(),  # what torch finds (no CUDA context is made)
             "hostname": socket.gethostname(),
             "pid": os.getpid(),
         }
 
     # ------------------------------------------------------------------ training
 
-    def _setup(self) -> tuple[WGANGP, Resume]:
+    def _lane(self, label: int, device: torch.device) -> Lane:
+        cfg = self.cfg
+        images = load_label(cfg.dataset, label, "train")
+        pair = WGANGP.build(cfg.model, cfg.train, images, device, seed=cfg.train.seed * 1000 + label)
+        for stale in self.rundir.sweep_temporaries(label):  # a killed predecessor's half-written files
+            logger.info("label %d: removed %s", label, stale.name)
+        resume = restore(self.rundir, label, pair)
+        restarts = self._count_restarts(label, resume)
+        return Lane(label, pair, resume, restarts,
+                    History(self.rundir.history(label), keep_up_to=resume.start_step),
+                    Checkpointer(self.rundir, label, pair, cfg, resume, restarts, [label], pair.images_per_step),
+                    _telemetry(self.run_id, label, resume.start_step))
+
+    def _setup(self) -> tuple[dict[int, Lane], dict[int, ConfigError]]:
+        """Every label's lane. Bad data of one label (a DataError naming the file) fails that label
+        alone; the pack trains the others. Anything else fails the whole actor."""
         torch.set_num_threads(self.threads)
-        images = load_label(self.cfg.dataset, self.label, "train")
         device = pick_device()
         use_fast_fixed_shape_kernels(device)
-        pair = WGANGP.build(self.cfg.model, self.cfg.train, images, device, seed=self.cfg.train.seed * 1000 + self.label)
-        for stale in self.run.sweep_temporaries(self.label):  # a killed predecessor's half-written files
-            logger.info("label %d: removed %s", self.label, stale.name)
-        return pair, restore(self.run, self.label, pair)
+        lanes: dict[int, Lane] = {}
+        bad: dict[int, ConfigError] = {}
+        for label in self.labels:
+            try:
+                lanes[label] = self._lane(label, device)
+            except ConfigError as err:
+                if len(self.labels) == 1:
+                    raise
+                bad[label] = err
+                self._report_failed(label, f"{type(err).__name__}: {err}")
+        if len(self.labels) == 1 and not lanes:
+            raise next(iter(bad.values()))
+        return lanes, bad
 
     def run(self) -> dict:
+        """Train every label of this actor. Returns ``{"summaries": {label: summary}, "failures":
+        {label: DataError}}``; failures are labels whose data could not be loaded."""
         train = self.cfg.train
         load_start = time.monotonic()
         # First word of this incarnation: the driver stops reading the last one's (maybe stale) progress.
-        self._report("progress", {"state": "setting up"})
+        self._report("progress", {k: {"state": "setting up"} for k in self.labels})
         try:
-            pair, resume = self._setup()
+            lanes, bad = self._setup()
         except BaseException as err:
-            # Tell the collector, so the other labels do not wait for this one at the start line.
-            self._report("failed", f"{type(err).__name__}: {err}")
+            # Tell the collector, so the other labels do not wait for these at the start line.
+            for label in self.labels:
+                self._report_failed(label, f"{type(err).__name__}: {err}")
             raise
-        restarts = self._count_restarts(resume)
-        telemetry = _telemetry(self.run_id, self.label, resume.start_step)
-        history = History(self.run.history(self.label), keep_up_to=resume.start_step)
-        checkpointer = Checkpointer(self.run, self.label, pair, self.cfg, resume, restarts, [self.label],
-                                    pair.images_per_step)
-        self._wait_for_all_labels()
-        self._report("progress", {"step": resume.start_step, "elapsed_s": resume.elapsed_s, "budget_s": train.budget_s,
-                                  "restarts": restarts, "state": "loaded", "resumed_from_s": resume.elapsed_s,
-                                  "setup_s": time.monotonic() - load_start, "device": str(pair.device)})
+        if not lanes:  # every label of the pack had bad data: each failure names its own file
+            return {"summaries": {}, "failures": bad}
+        self._wait_for_all_labels(list(lanes))
+        setup_s = time.monotonic() - load_start
+        self._report("progress", {k: {"step": ln.resume.start_step, "elapsed_s": ln.resume.elapsed_s,
+                                      "budget_s": train.budget_s, "restarts": ln.restarts, "state": "loaded",
+                                      "resumed_from_s": ln.resume.elapsed_s, "setup_s": setup_s,
+                                      "device": str(ln.pair.device)} for k, ln in lanes.items()})
+        # Labels that finished before this session (a pack re-formed on resume) are not trained again.
+        done = {k: ln for k, ln in lanes.items() if self._finished(ln)}
+        lanes = {k: ln for k, ln in lanes.items() if k not in done}
+        summaries = {k: self._summary(ln, ln.resume.elapsed_s, None, len(lanes) + len(done)) for k, ln in done.items()}
+        if not lanes:
+            self._report("done", summaries)
+            return {"summaries": summaries, "failures": bad}
+        pack = Pack({k: ln.pair for k, ln in lanes.items()}, {k: ln.resume.elapsed_s for k, ln in lanes.items()},
+                    max_steps=train.max_steps)
 
         def on_log(row: dict) -> None:
-            row = {**row, "restarts": restarts}
-            history.append(row)
-            if telemetry is not None:
-                telemetry.record(row["step"], {**row, "budget_left_s": max(0.0, train.budget_s - row["elapsed_s"])})
-            self._report("progress", {**row, "budget_s": train.budget_s, "state": "training"})
+            rows = {}
+            for k, ln in lanes.items():
+                if k not in pack.last:
+                    continue  # waiting for the pack's clock: nothing new to say
+                own = {**row, "step": ln.pair.generator_steps, **pack.last[k].floats(),
+                       "elapsed_s": max(row["elapsed_s"], ln.resume.elapsed_s),
+                       "images_per_s": row["images_per_s"] / len(lanes), "restarts": ln.restarts}
+                ln.history.append(own)
+                if ln.telemetry is not None:
+                    ln.telemetry.record(own["step"], {**own, "budget_left_s": max(0.0, train.budget_s - own["elapsed_s"])})
+                rows[k] = {**own, "budget_s": train.budget_s, "state": "training"}
+            self._report("progress", rows)
 
         def on_checkpoint(elapsed_s: float, final: bool) -> None:
-            path = checkpointer.save(elapsed_s, final)
-            self._report("checkpoint", {"step": pair.generator_steps, "elapsed_s": elapsed_s, "path": str(path)})
+            if len(lanes) > 1:  # a pack's saves take a while: not a stall
+                self._report("progress", {k: {"state": "checkpointing"} for k in lanes})
+            notices = {}
+            for k, ln in lanes.items():
+                own_s = max(elapsed_s, ln.resume.elapsed_s)  # a label that waited keeps what it spent
+                path = ln.checkpointer.save(own_s, final)
+                notices[k] = {"step": ln.pair.generator_steps, "elapsed_s": own_s, "path": str(path)}
+            self._report("checkpoint", notices)
 
-        loop = BudgetedLoop(pair, train.budget_s, max_steps=train.max_steps, elapsed0=resume.elapsed_s,
+        loop = BudgetedLoop(pack, train.budget_s, max_steps=train.max_steps, elapsed0=pack.elapsed0,
                             log_every_s=train.log_every_s, checkpoint_every_s=train.checkpoint_every_s)
         result = loop.run(on_log, on_checkpoint)
-        last = result.last or {}
-        summary = {
-            "label": self.label,
-            "steps": result.steps,
-            "elapsed_s": round(result.elapsed_s, 3),
+        summaries.update({k: self._summary(ln, max(result.elapsed_s, ln.resume.elapsed_s), pack.last.get(k),
+                                           len(pack.pairs), result.first_step_unix) for k, ln in lanes.items()})
+        self._report("done", summaries)
+        return {"summaries": summaries, "failures": bad}
+
+    def _finished(self, lane: Lane) -> bool:
+        train = self.cfg.train
+        return lane.resume.elapsed_s >= train.budget_s or (
+            train.max_steps is not None and lane.pair.generator_steps >= train.max_steps)
+
+    def _summary(self, lane: Lane, elapsed: float, last_stats, labels_in_actor: int,
+                 first_step_unix: Optional[float] = None) -> dict:
+        last = last_stats.floats() if last_stats is not None else {}
+        return {
+            "label": lane.label,
+            "steps": lane.pair.generator_steps,
+            "elapsed_s": round(elapsed, 3),
             # Over all the training kept in checkpoints, so a resumed (or already finished) run
             # reports its real rate, not this session's alone.
-            "steps_per_s": result.steps / result.elapsed_s if result.elapsed_s > 0 else 0.0,
-            "images_per_s": checkpointer.images_seen / result.elapsed_s if result.elapsed_s > 0 else 0.0,
+            "steps_per_s": lane.pair.generator_steps / elapsed if elapsed > 0 else 0.0,
+            "images_per_s": lane.checkpointer.images_seen / elapsed if elapsed > 0 else 0.0,
             "critic_loss": last.get("critic_loss"),
             "generator_loss": last.get("generator_loss"),
             "wasserstein": last.get("wasserstein"),
-            "restarts": restarts,
-            "device": str(pair.device),
-            "resumed_from_step": resume.start_step if resume.path is not None else None,
-            "first_step_unix": result.first_step_unix,
+            "restarts": lane.restarts,
+            "device": str(lane.pair.device),
+            "resumed_from_step": lane.resume.start_step if lane.resume.path is not None else None,
+            "first_step_unix": first_step_unix,
+            "labels_in_actor": labels_in_actor,
+            "peak_gpu_mb": _peak_gpu_mb(lane.pair.device, labels_in_actor),
         }
-        self._report("done", summary)
-        return summary
 
-    def _count_restarts(self, resume: Resume) -> int:
+    def _count_restarts(self, label: int, resume: Resume) -> int:
         """Restarts of this label over the whole run. Counted in a file as well as in checkpoints:
         two deaths within one checkpoint interval must count twice."""
-        path = self.run.owner_dir(self.label) / ".restarts"
+        path = self.rundir.owner_dir(label) / ".restarts"
         try:
             counted = int(path.read_text())
         except (OSError, ValueError):
@@ -149,7 +233,7 @@ class LabelTrainer:
             self._collector = ray.get_actor(self.collector_name, namespace=NAMESPACE)
         return self._collector
 
-    def _wait_for_all_labels(self, retry_s: float = 1.0) -> None:
+    def _wait_for_all_labels(self, labels: list[int], retry_s: float = 1.0) -> None:
         """Start the budget clock only when every label is loaded and ready.
 
         Ray starts actor processes a few at a time (about one per CPU), so on a busy node
@@ -163,16 +247,28 @@ class LabelTrainer:
 
         while True:
             try:
-                ray.get(self.collector.wait_for_start.remote(self.label))
+                ray.get(self.collector.wait_for_start.remote(labels))
                 return
             except ray.exceptions.RayActorError:
-                logger.warning("label %d: the collector died at the start line; asking its successor", self.label)
+                logger.warning("labels %s: the collector died at the start line; asking its successor", labels)
                 time.sleep(retry_s)
 
-    def _report(self, kind: str, payload) -> None:
+    def _report(self, kind: str, updates: dict[int, dict]) -> None:
+        """One call per actor however many labels it trains: {label: payload}."""
         if self.collector is not None:
             # Fire and forget: a slow collector must never stall training.
-            getattr(self.collector, f"report_{kind}").remote(self.label, payload)
+            getattr(self.collector, f"report_{kind}").remote(updates)
+
+    def _report_failed(self, label: int, error: str) -> None:
+        if self.collector is not None:
+            self.collector.report_failed.remote(label, error)
+
+
+def _peak_gpu_mb(device: torch.device, labels: int) -> Optional[float]:
+    """This label's share of the tensors its process held at peak (CUDA context not included)."""
+    if device.type != "cuda":
+        return None
+    return round(torch.cuda.max_memory_allocated(device) / 2**20 / labels, 1)
 
 
 def _was_restarted() -> bool:
