@@ -151,6 +151,12 @@ class CheckpointRef:
     elapsed_s: float   # training time of the models in it
     step: int          # generator steps
     path: Path
+    mark_s: Optional[float] = None   # the budget-clock mark it was saved for (None: none, or an older run)
+
+    @classmethod
+    def of(cls, step: int, path: Path, meta: dict) -> "CheckpointRef":
+        mark = meta.get("mark_s")
+        return cls(float(meta.get("elapsed_s", float("nan"))), step, path, None if mark is None else float(mark))
 
 
 class RunDir:
@@ -310,7 +316,7 @@ class RunDir:
             for step, path in self.models(BASELINE):
                 meta = _meta_or_none(path)
                 if meta is not None:
-                    refs.append(CheckpointRef(float(meta.get("elapsed_s", float("nan"))), step, path))
+                    refs.append(CheckpointRef.of(step, path, meta))
                     trained = {int(k) for k in meta.get("labels", [])}
             wanted = trained if labels is None else trained & {int(k) for k in labels}
             return {k: list(refs) for k in sorted(wanted)} if refs else {}
@@ -320,7 +326,7 @@ class RunDir:
             for step, path in self.models(k):
                 meta = _meta_or_none(path)
                 if meta is not None:
-                    refs.append(CheckpointRef(float(meta.get("elapsed_s", float("nan"))), step, path))
+                    refs.append(CheckpointRef.of(step, path, meta))
             if refs:
                 out[int(k)] = refs
         return out

@@ -73,8 +73,9 @@ def allreduce_mean(world_size: int):
 
 
 def _rank0_decides():
-    """Every worker takes rank 0's decisions, exchanged over a gloo group on the host: three
-    floats per step, and no device synchronisation even when training uses NCCL."""
+    """Every worker takes rank 0's decisions (stop, log, checkpoint, snapshot), exchanged over a
+    gloo group on the host: four floats per step, and no device synchronisation even when
+    training uses NCCL."""
     import torch.distributed as dist
 
     control = dist.new_group(backend="gloo")
@@ -153,17 +154,22 @@ def train_loop_per_worker(config: dict) -> None:
             logger.info("baseline: step %d, %.0f/%gs, %.0f img/s over %d worker(s), W %.3f", row["step"],
                         row["elapsed_s"], train.budget_s, row["images_per_s"], world, row["wasserstein"])
 
-    def on_checkpoint(elapsed_s: float, final: bool) -> None:
+    def on_checkpoint(elapsed_s: float, final: bool, mark_s: float | None) -> None:
         if rank == 0:
             rate = checkpointer.images_seen / elapsed_s if final and elapsed_s > 0 else None
-            checkpointer.save(elapsed_s, final, rate)
+            checkpointer.save(elapsed_s, final, rate, mark_s=mark_s)
+
+    def on_snapshot(elapsed_s: float, mark_s: float | None) -> None:
+        if rank == 0:
+            checkpointer.save_snapshot(elapsed_s, mark_s)
 
     loop = BudgetedLoop(pair, train.budget_s, max_steps=train.max_steps, elapsed0=resume.elapsed_s,
                         log_every_s=train.log_every_s, checkpoint_every_s=train.checkpoint_every_s,
+                        marks_every_s=cfg.metrics.every_s,
                         images_per_step=images_per_step,
                         agree=_rank0_decides() if distributed else (lambda d: d),
                         reduce_stats=_mean_over_workers(world) if distributed else (lambda s: s))
-    result = loop.run(on_log, on_checkpoint)
+    result = loop.run(on_log, on_checkpoint, on_snapshot)
     if rank == 0:
         last = result.last or {}
         summary = {

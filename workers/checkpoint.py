@@ -1,6 +1,7 @@
 """What a checkpoint and a snapshot hold, for both kinds of run, and how a pair resumes from one.
 
-Every save writes two files (through :mod:`core.rundir`, atomically, read weights-only):
+A save at a checkpoint mark writes two files (through :mod:`core.rundir`, atomically, read
+weights-only); a save at a metrics mark (see :mod:`workers.loop`) writes the snapshot alone:
 
 * a full checkpoint, ``<owner>/ckpt-<step>.pt``: what a resume needs; the newest
   ``train.keep_checkpoints`` are kept, older ones are pruned once the new one is written;
@@ -14,6 +15,7 @@ Both are one dict with the same plain fields:
                   snapshot: {"generator": the generator's state_dict, "generator_steps": step}
     snapshot      True in a snapshot (absent in checkpoints)
     step, elapsed_s  generator steps and training budget spent when it was written
+    mark_s        the mark of the budget clock the save stands for (None: none, or written before marks)
     model, channels, image_size, num_classes (baseline), label (label runs), labels
     images_seen, restarts, dataset, device, world_size, final, images_per_s
 """
@@ -115,17 +117,29 @@ class Checkpointer:
         """Real images the critic(s) saw over the whole run, restored sessions included."""
         return self.resume.images_seen + (self.pair.generator_steps - self.resume.start_step) * self.images_per_step
 
-    def save(self, elapsed_s: float, final: bool = False, images_per_s: Optional[float] = None) -> Path:
+    def _fields(self, elapsed_s: float, final: bool, images_per_s: Optional[float], mark_s: Optional[float]) -> dict:
+        return {**self.meta, "step": self.pair.generator_steps, "elapsed_s": elapsed_s, "mark_s": mark_s,
+                "images_seen": self.images_seen, "final": final, "images_per_s": images_per_s}
+
+    def _write_snapshot(self, fields: dict) -> Path:
+        self.last_snapshot = save_checkpoint({**fields, "snapshot": True, "state": generator_state(self.pair)},
+                                             self.run.snapshot_path(self.owner, fields["step"]))
+        return self.last_snapshot
+
+    def save(self, elapsed_s: float, final: bool = False, images_per_s: Optional[float] = None,
+             mark_s: Optional[float] = None) -> Path:
         """Writes the full checkpoint, then the snapshot, then prunes the oldest full checkpoints;
         returns the checkpoint's path. A failed write raises (an OSError naming the file for a full
         disk) before anything is pruned, so the previous checkpoint is still there to resume from.
 
         The checkpoint goes first: a snapshot then always belongs to a step a resume can reach."""
-        step = self.pair.generator_steps
-        fields = {**self.meta, "step": step, "elapsed_s": elapsed_s, "images_seen": self.images_seen,
-                  "final": final, "images_per_s": images_per_s}
-        path = save_checkpoint({**fields, "state": self.pair.state_dict()}, self.run.checkpoint_path(self.owner, step))
-        self.last_snapshot = save_checkpoint({**fields, "snapshot": True, "state": generator_state(self.pair)},
-                                             self.run.snapshot_path(self.owner, step))
+        fields = self._fields(elapsed_s, final, images_per_s, mark_s)
+        path = save_checkpoint({**fields, "state": self.pair.state_dict()}, self.run.checkpoint_path(self.owner, fields["step"]))
+        self._write_snapshot(fields)
         self.run.prune(self.owner, self.cfg.train.keep_checkpoints)
         return path
+
+    def save_snapshot(self, elapsed_s: float, mark_s: Optional[float] = None) -> Path:
+        """Writes the snapshot alone (a metrics mark between checkpoints), atomically; returns its path.
+        A resume from an earlier checkpoint drops it (:func:`restore`): those steps are trained again."""
+        return self._write_snapshot(self._fields(elapsed_s, False, None, mark_s))

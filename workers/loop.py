@@ -1,9 +1,19 @@
 """The budgeted training loop, shared by the label actors and the baseline's Ray Train workers.
 
-One loop owns the budget clock, the log and checkpoint cadence and the stopping rule, so the
+One loop owns the budget clock, the log and save cadence and the stopping rule, so the
 per-label ensemble and the data-parallel baseline stop by the same rule and a fixed-budget
-comparison of the two is fair. What happens at a log or a checkpoint is the caller's
-(history.csv, Ray metrics, progress reports, rank 0's files), passed in as callbacks.
+comparison of the two is fair. What happens at a log or a save is the caller's (history.csv,
+Ray metrics, progress reports, rank 0's files), passed in as callbacks.
+
+Save cadence: saves are anchored to the budget clock, not to the previous save. The clock
+(``elapsed``, restored budget included) has *marks* at every multiple of ``checkpoint_every_s``
+and, if set, of ``marks_every_s`` (``metrics.every_s``: the times scores over training are taken
+at). After the step whose end first crosses a checkpoint mark the loop calls ``on_checkpoint``
+(full checkpoint and snapshot); after one that crosses only a metrics mark, ``on_snapshot``
+(snapshot only). Either save stands for the latest mark crossed (``mark_s``), and is written within
+one step of it; marks crossed during one step (or one slow save) share a save. A resumed loop
+continues with the first mark past ``elapsed0``. The final save (``on_checkpoint``) comes at the
+end, and stands for any mark crossed since the last save.
 
 Stopping rule: after each step the loop stops when the next step would end more than half a
 step past the budget (``elapsed + step_s / 2 >= budget_s``, with the step time smoothed), or
@@ -17,6 +27,8 @@ losses a log row reports. A single process leaves both as they are.
 
 from __future__ import annotations
 
+import inspect
+import math
 import time
 from dataclasses import dataclass
 from typing import Callable, NamedTuple, Optional, Protocol
@@ -37,6 +49,36 @@ class Decisions(NamedTuple):
     stop: bool
     log: bool
     checkpoint: bool
+    snapshot: bool = False   # a metrics mark: a snapshot-only save (a checkpoint saves one anyway)
+
+
+class Marks:
+    """The marks ``k * every_s`` (k = 1, 2, ...) of the budget clock, from the first one past `start_s`."""
+
+    def __init__(self, every_s: Optional[float], start_s: float = 0.0):
+        self.every_s = every_s
+        self.k = math.floor(start_s / every_s) + 1 if every_s else 0
+
+    @property
+    def next_s(self) -> float:
+        return self.k * self.every_s if self.every_s else math.inf
+
+    def due(self, elapsed_s: float) -> bool:
+        return elapsed_s >= self.next_s
+
+    def take(self, elapsed_s: float) -> Optional[float]:
+        """Pass every mark up to `elapsed_s`; returns the latest of them (None if none was due)."""
+        if not self.due(elapsed_s):
+            return None
+        self.k = max(self.k + 1, math.floor(elapsed_s / self.every_s) + 1)
+        while self.k * self.every_s <= elapsed_s:
+            self.k += 1
+        return (self.k - 1) * self.every_s
+
+
+def _latest(*marks: Optional[float]) -> Optional[float]:
+    taken = [m for m in marks if m is not None]
+    return max(taken) if taken else None
 
 
 @dataclass
@@ -57,6 +99,7 @@ class LoopResult:
 class BudgetedLoop:
     def __init__(self, pair: Trainable, budget_s: float, *, max_steps: Optional[int] = None,
                  elapsed0: float = 0.0, log_every_s: float = 5.0, checkpoint_every_s: float = 30.0,
+                 marks_every_s: Optional[float] = None,
                  images_per_step: Optional[int] = None,
                  agree: Callable[[Decisions], Decisions] = lambda d: d,
                  reduce_stats: Callable[[StepStats], StepStats] = lambda s: s):
@@ -66,6 +109,7 @@ class BudgetedLoop:
         self.elapsed0 = elapsed0
         self.log_every_s = log_every_s
         self.checkpoint_every_s = checkpoint_every_s
+        self.marks_every_s = marks_every_s
         # Data-parallel workers count the images of every worker.
         self.images_per_step = images_per_step or pair.images_per_step
         self.agree = agree
@@ -77,13 +121,24 @@ class BudgetedLoop:
             return True
         return elapsed_s + 0.5 * step_s >= self.budget_s
 
-    def run(self, on_log: Callable[[dict], None], on_checkpoint: Callable[[float, bool], None]) -> LoopResult:
-        """Train until the budget is spent. `on_log(row)` every log_every_s (and once at the end);
-        `on_checkpoint(elapsed_s, final)` every checkpoint_every_s and once at the end."""
+    def run(self, on_log: Callable[[dict], None], on_checkpoint: Callable[..., None],
+            on_snapshot: Optional[Callable[[float, float], None]] = None) -> LoopResult:
+        """Train until the budget is spent (see the module docstring for the cadence).
+
+        `on_log(row)` every log_every_s (and once at the end); `on_checkpoint(elapsed_s, final,
+        mark_s)` at each checkpoint mark and once at the end (`mark_s`: the mark the save stands for,
+        None for a final save past no new mark; a callback taking only `(elapsed_s, final)` is
+        called without it); `on_snapshot(elapsed_s, mark_s)` at each metrics mark that is not
+        also a checkpoint mark (required when marks_every_s is set)."""
+        if self.marks_every_s and on_snapshot is None:
+            raise ValueError("marks_every_s needs an on_snapshot callback")
+        checkpoint = on_checkpoint if _takes_mark(on_checkpoint) else (lambda e, final, mark_s: on_checkpoint(e, final))
         pair = self.pair
         start_step = pair.generator_steps
         t0 = time.monotonic()
-        last_log = last_ckpt = t0
+        last_log = t0
+        ckpt_marks = Marks(self.checkpoint_every_s, self.elapsed0)
+        metric_marks = Marks(self.marks_every_s, self.elapsed0)
         steps_at_log = start_step
         step_s = 0.0
         stats: Optional[StepStats] = None
@@ -105,17 +160,18 @@ class BudgetedLoop:
                 first_step_unix = time.time()
             took = now - t_step
             step_s = took if step_s == 0.0 else 0.8 * step_s + 0.2 * took
-            d = self.agree(Decisions(stop=self.spent(elapsed(now), step_s),
-                                     log=now - last_log >= self.log_every_s,
-                                     checkpoint=now - last_ckpt >= self.checkpoint_every_s))
+            e = elapsed(now)
+            d = self.agree(Decisions(stop=self.spent(e, step_s), log=now - last_log >= self.log_every_s,
+                                     checkpoint=ckpt_marks.due(e), snapshot=metric_marks.due(e)))
             if d.stop:
                 break
             if d.log:
                 on_log(row(stats, now, (pair.generator_steps - steps_at_log) * self.images_per_step / (now - last_log)))
                 last_log, steps_at_log = now, pair.generator_steps
             if d.checkpoint:
-                on_checkpoint(elapsed(now), False)
-                last_ckpt = time.monotonic()
+                checkpoint(e, False, _latest(ckpt_marks.take(e), metric_marks.take(e)))
+            elif d.snapshot:
+                on_snapshot(e, metric_marks.take(e))
 
         now = time.monotonic()
         trained_s = now - t0 if pair.generator_steps > start_step else 0.0
@@ -125,5 +181,16 @@ class BudgetedLoop:
             last = row(stats, now, rate)
             on_log(last)
         end = max(elapsed(now), self.elapsed0) if trained_s else self.elapsed0
-        on_checkpoint(end, True)
+        checkpoint(end, True, _latest(ckpt_marks.take(end), metric_marks.take(end)))
         return LoopResult(start_step, pair.generator_steps, end, trained_s, rate, last, first_step_unix)
+
+
+def _takes_mark(callback: Callable) -> bool:
+    """Whether an on_checkpoint callback takes the mark (callbacks written before marks take two arguments)."""
+    try:
+        inspect.signature(callback).bind(0.0, False, None)
+    except TypeError:
+        return False
+    except ValueError:  # no signature to read (a builtin): assume the current protocol
+        return True
+    return True

@@ -166,19 +166,26 @@ class LabelTrainer:
                 rows[k] = {**own, "budget_s": train.budget_s, "state": "training"}
             self._report("progress", rows)
 
-        def on_checkpoint(elapsed_s: float, final: bool) -> None:
+        def on_checkpoint(elapsed_s: float, final: bool, mark_s: Optional[float]) -> None:
             if len(lanes) > 1:  # a pack's saves take a while: not a stall
                 self._report("progress", {k: {"state": "checkpointing"} for k in lanes})
             notices = {}
             for k, ln in lanes.items():
                 own_s = max(elapsed_s, ln.resume.elapsed_s)  # a label that waited keeps what it spent
-                path = ln.checkpointer.save(own_s, final)
+                # A label still waiting for the pack's clock stands for its own time, not the mark.
+                path = ln.checkpointer.save(own_s, final, mark_s=mark_s if own_s == elapsed_s else None)
                 notices[k] = {"step": ln.pair.generator_steps, "elapsed_s": own_s, "path": str(path)}
             self._report("checkpoint", notices)
 
+        def on_snapshot(elapsed_s: float, mark_s: Optional[float]) -> None:
+            for ln in lanes.values():
+                if elapsed_s >= ln.resume.elapsed_s:  # a label still waiting has nothing new to save
+                    ln.checkpointer.save_snapshot(elapsed_s, mark_s)
+
         loop = BudgetedLoop(pack, train.budget_s, max_steps=train.max_steps, elapsed0=pack.elapsed0,
-                            log_every_s=train.log_every_s, checkpoint_every_s=train.checkpoint_every_s)
-        result = loop.run(on_log, on_checkpoint)
+                            log_every_s=train.log_every_s, checkpoint_every_s=train.checkpoint_every_s,
+                            marks_every_s=self.cfg.metrics.every_s)
+        result = loop.run(on_log, on_checkpoint, on_snapshot)
         summaries.update({k: self._summary(ln, max(result.elapsed_s, ln.resume.elapsed_s), pack.last.get(k),
                                            len(pack.pairs), result.first_step_unix) for k, ln in lanes.items()})
         self._report("done", summaries)
