@@ -32,6 +32,7 @@ bench: $(STAMP)  ## throughput ratio vs a bare loop, start-up latency, placement
 	$(BIN)/python bench/placement_sim.py
 	$(BIN)/python bench/packing.py
 	$(BIN)/python bench/describe_scale.py
+	$(BIN)/python bench/scoring.py
 
 gpu-check: $(STAMP)  ## on a GPU machine (258 s on one H100): devices, actor/bare ratio, 10 labels shared vs packed, bf16 on/off
 	$(BIN)/python bench/gpu_check.py $(ARGS)

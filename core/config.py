@@ -155,6 +155,11 @@ class ResourcesConfig(_Section):
 
 
 class MetricsConfig(_Section):
+    # quick: metrics.samples_per_label per label (progress during a run, CPU machines).
+    # standard: the published protocol: 50,000 generated images, labels drawn in proportion to
+    # the training class frequencies, against the full training split; IS over 10 splits of the
+    # same images, KID, intra-class FID and precision/recall (k=3). Recorded on every result row.
+    protocol: Literal["quick", "standard"] = "quick"
     # auto: inception for natural images at >= 32 px, else a classifier trained on the data set.
     feature_extractor: Literal["auto", "classifier", "inception"] = "auto"
     feature_extractor_weights_path: Optional[str] = None

@@ -17,8 +17,9 @@ from core.rundir import RunDir
 
 
 def finalize_run(run_dir: str | os.PathLike, evaluate: bool = True, threads: Optional[int] = None,
-                 log_level: Optional[str] = None) -> dict:
-    """Write samples/grid.png and, with `evaluate`, results.csv, the plots and report.md.
+                 log_level: Optional[str] = None, overrides: Optional[list[str]] = None) -> dict:
+    """Write samples/grid.png and, with `evaluate`, results.csv, the plots and report.md
+    (`overrides`: --set items applied to the run's config, e.g. metrics.protocol=standard).
     Returns their paths, and where it ran (``gpu_ids``, ``threads``)."""
     gpu_ids = hide_unassigned_gpus()
     configure_logging(log_level)
@@ -29,10 +30,12 @@ def finalize_run(run_dir: str | os.PathLike, evaluate: bool = True, threads: Opt
     from metrics.evaluate import evaluate_run
     from metrics.grid import save_run_grid
 
+    from core.config import load_config
+
     run = RunDir(run_dir)
     outputs = {"grid": str(save_run_grid(run))}
     if evaluate:
-        evaluate_run(run.path)
+        evaluate_run(run.path, cfg=load_config(run.config, overrides) if overrides else None)
         outputs["results"] = str(run.results_csv)
         outputs["report"] = str(run.report)
     return {**outputs, "gpu_ids": gpu_ids, "threads": torch.get_num_threads()}

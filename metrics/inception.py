@@ -7,6 +7,14 @@ papers). Weights are read from ``metrics.feature_extractor_weights_path`` or the
 raises :class:`core.errors.MissingWeightsError`, which names the file, where it comes from and
 where to put it. ``python -m metrics.inception fetch [--dest PATH]`` (``make fetch-weights``)
 downloads it where a network exists.
+
+The file is a pickle that torch-fidelity reads with ``torch.load(weights_only=False)``, which can run
+code, so :func:`verify_inception_weights` checks its SHA-256 against the pinned :data:`WEIGHTS_SHA256`
+(streamed, 1 MiB at a time) before anything opens it as a pickle: a mismatch is a
+:class:`~core.errors.MissingWeightsError` naming the file and both digests, and the file is never
+loaded. The verdict is cached per (path, device, inode, size, mtime, ctime), so building the extractor
+again does not re-hash 95 MB. :data:`ACCEPTED_SHA256` holds the digests accepted (tests add the digest
+of a random InceptionV3 state dict they saved).
 """
 
 from __future__ import annotations
@@ -31,6 +39,13 @@ logger = logging.getLogger("metrics.inception")  # also when run as __main__
 
 WEIGHTS_FILENAME = "weights-inception-2015-12-05-6726825d.pth"
 WEIGHTS_URL = "https://github.com/toshas/torch-fidelity/releases/download/v0.2.0/" + WEIGHTS_FILENAME
+# SHA-256 of torch-fidelity's v0.2.0 release file (the same bytes as pytorch-fid's
+# pt_inception-2015-12-05-6726825d.pth, 95,628,359 bytes); the "6726825d" in its name is the first 8 hex
+# digits of this digest (torch.hub's convention).
+WEIGHTS_SHA256 = "6726825d0af5f729cebd5821db510b11b1cfad8faad88a03f1befd49fb9129b2"
+WEIGHTS_SIZE = 95_628_359
+# digest -> what it is. The pinned file only; tests add theirs (monkeypatch.setitem), nothing else should.
+ACCEPTED_SHA256: dict[str, str] = {WEIGHTS_SHA256: WEIGHTS_FILENAME}
 INCEPTION_NUM_FEATURES = 2048
 INCEPTION_IS_FEATURE = "logits_unbiased"  # what torch-fidelity and torchmetrics use for IS
 
@@ -76,12 +91,62 @@ def missing_weights_message(path: Optional[str | os.PathLike] = None, reason: Op
     return "\n".join(lines)
 
 
+def sha256_file(path: str | os.PathLike) -> str:
+    """The file's SHA-256 (hex), read 1 MiB at a time."""
+    sha = hashlib.sha256()
+    with open(path, "rb") as f:
+        while chunk := f.read(1 << 20):
+            sha.update(chunk)
+    return sha.hexdigest()
+
+
+_digests: dict[tuple, str] = {}  # (path, dev, inode, size, mtime_ns, ctime_ns) -> its SHA-256
+
+
+def _stat_key(path: Path) -> tuple:
+    st = path.stat()
+    return str(path.resolve()), st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns
+
+
+def _weights_digest(path: Path) -> str:
+    """SHA-256 of the file, hashed once per (path, inode, size, mtime, ctime) in this process."""
+    key = _stat_key(path)
+    digest = _digests.get(key)
+    if digest is None:
+        digest = sha256_file(path)
+        if _stat_key(path) == key:  # not changed while it was read: the digest is the file's
+            _digests[key] = digest
+        logger.debug("sha256 %s: %s", path, digest)
+    return digest
+
+
+def verify_inception_weights(path: str | os.PathLike) -> Path:
+    """The path, once its SHA-256 is one of :data:`ACCEPTED_SHA256`; else MissingWeightsError naming the file,
+    the expected and the actual digest. Reads the file's bytes only, nothing is unpickled: call it before
+    anything reads the file with ``torch.load``."""
+    p = Path(path)
+    try:
+        digest = _weights_digest(p)
+    except OSError as err:
+        raise MissingWeightsError(f"Inception weights file {p} cannot be read ({type(err).__name__}: {err})") from None
+    if digest in ACCEPTED_SHA256:
+        return p
+    size = p.stat().st_size
+    raise MissingWeightsError(
+        f"Inception weights file {p} is not {WEIGHTS_FILENAME}: its SHA-256 is {digest} ({size:,} bytes), "
+        f"expected {WEIGHTS_SHA256} ({WEIGHTS_SIZE:,} bytes). It was not loaded (a pickle can run code).\n"
+        f"  Delete it and fetch the file again (make fetch-weights, or download {WEIGHTS_URL}), "
+        "or set metrics.feature_extractor=classifier.")
+
+
 def _check_weights_file(path: Path) -> None:
-    """Loads the file into torch-fidelity's InceptionV3 architecture (strict); MissingWeightsError if it is
-    not the weights (an HTML error page, a truncated download)."""
+    """Checks the SHA-256 first (nothing is unpickled before), then loads the file into torch-fidelity's
+    InceptionV3 architecture (strict); MissingWeightsError if it is not the weights (an HTML error page, a
+    truncated or tampered download)."""
     from torch_fidelity.feature_extractor_inceptionv3 import FeatureExtractorInceptionV3
 
     try:
+        verify_inception_weights(path)
         FeatureExtractorInceptionV3("inception-v3-compat", ["2048"], feature_extractor_weights_path=str(path))
     except Exception as err:
         raise MissingWeightsError(f"the file downloaded from {WEIGHTS_URL} is not {WEIGHTS_FILENAME} "
@@ -97,6 +162,7 @@ def fetch_inception_weights(dest: Optional[str | os.PathLike] = None, timeout_s:
     """
     target = _configured_path(dest) or hub_weights_path()
     if target.is_file():
+        verify_inception_weights(target)
         logger.info("%s already present", target)
         return target
     logger.info("downloading %s\n  -> %s", WEIGHTS_URL, target)
@@ -113,10 +179,11 @@ def fetch_inception_weights(dest: Optional[str | os.PathLike] = None, timeout_s:
 
 
 def resolve_inception_weights(path: Optional[str | os.PathLike] = None, download: bool = False) -> Path:
-    """The local weights file, fetching it first if `download` and a network allows; else MissingWeightsError."""
+    """The local weights file, verified (:func:`verify_inception_weights`), fetching it first if `download` and a
+    network allows; else MissingWeightsError."""
     found = find_inception_weights(path)
     if found is not None:
-        return found
+        return verify_inception_weights(found)
     reason = None
     if download:
         try:
@@ -131,12 +198,14 @@ class InceptionFeatures(nn.Module):
 
     ``forward(uint8 [N,3,H,W]) -> [N, num_features]`` pool features (usable as ``feature=`` in torchmetrics);
     :meth:`extract` returns the pool features and the IS logits (``logits_unbiased``) from one pass.
-    Grayscale images are repeated to three channels.
+    Grayscale images are repeated to three channels. The weights file's SHA-256 is checked before it is read.
     """
 
     def __init__(self, weights_path: str | os.PathLike, fid_feature: str = "2048"):
         super().__init__()
         from torchmetrics.image.fid import NoTrainInceptionV3
+
+        verify_inception_weights(weights_path)  # before torch-fidelity's torch.load(weights_only=False)
 
         kwargs = {}
         if "antialias" in inspect.signature(NoTrainInceptionV3.__init__).parameters:
@@ -181,10 +250,13 @@ def main(argv: Optional[list[str]] = None) -> int:
 
     configure()
     if args.cmd == "fetch":
+        target = _configured_path(args.dest) or hub_weights_path()
         try:
             fetch_inception_weights(args.dest, timeout_s=args.timeout)
         except Exception as err:
-            target = _configured_path(args.dest) or hub_weights_path()
+            if isinstance(err, MissingWeightsError) and target.is_file():  # present, not the weights: say so
+                print(err, file=sys.stderr)
+                return 1
             print(f"could not download {WEIGHTS_FILENAME} ({type(err).__name__}: {err}).\n"
                   f"  Download {WEIGHTS_URL}\n  where a network exists and copy it to {target}\n"
                   f"  (or to any path named by metrics.feature_extractor_weights_path).", file=sys.stderr)
@@ -193,7 +265,15 @@ def main(argv: Optional[list[str]] = None) -> int:
     found = find_inception_weights(args.path)
     print(f"looked at: {_configured_path(args.path) or hub_weights_path()}")
     print(f"present: {found is not None}")
-    return 0 if found is not None else 1
+    if found is None:
+        return 1
+    try:
+        verify_inception_weights(found)
+    except MissingWeightsError as err:
+        print(f"verified: no\n{err}")
+        return 1
+    print(f"verified: yes (sha256 {_weights_digest(found)})")
+    return 0
 
 
 if __name__ == "__main__":

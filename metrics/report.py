@@ -180,9 +180,17 @@ def render_report(run_dir: str | os.PathLike) -> Path:
     if cfg is not None:
         labels = meta.get("labels") or cfg.dataset.labels
         n_labels = len(labels) if isinstance(labels, list) else "all"
+        protocol = meta.get("protocol", "quick")
+        if protocol == "standard":
+            scored = (f"**standard** protocol: {fmt.count(meta.get('samples_total'))} generated images, labels "
+                      f"drawn in proportion to the training class frequencies")
+        else:
+            scored = (f"**quick** protocol: {meta.get('samples_per_label', cfg.metrics.samples_per_label)} samples "
+                      f"per label (not comparable with published figures; `--set metrics.protocol=standard`)")
         lines.append(f"Data set **{cfg.dataset.name}** ({n_labels} labels, {meta.get('image_size', cfg.dataset.image_size or 'native')} px), "
-                     f"one WGAN-GP generator per label, training budget {cfg.train.budget_s:g} s per label, "
-                     f"{meta.get('samples_per_label', cfg.metrics.samples_per_label)} samples per label scored.")
+                     f"one WGAN-GP generator per label, training budget {cfg.train.budget_s:g} s per label; {scored}.")
+        if meta.get("extractor"):
+            lines.append(f"Features: {meta['extractor']}.")
         lines.append("")
     lines += _space_banner(meta, results)
     lines.append("")

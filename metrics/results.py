@@ -7,8 +7,11 @@ from typing import Optional
 
 import pandas as pd
 
-RESULT_COLUMNS = ["eval", "eval_time_s", "metric", "label", "value", "n_fake", "n_real",
-                  "feature_space", "classifier_accuracy"]
+# eval_time_s: the mark (training time) an evaluation stands for; models_time_s: the training time
+# the scored models had actually reached (the latest over the ensemble's members). protocol,
+# extractor: what produced the row (see metrics.protocol).
+RESULT_COLUMNS = ["eval", "eval_time_s", "models_time_s", "metric", "label", "value", "n_fake", "n_real",
+                  "feature_space", "classifier_accuracy", "protocol", "extractor"]
 
 
 def read_table(path: str | Path, **kw) -> Optional[pd.DataFrame]:

@@ -1,4 +1,4 @@
-"""The math of the scores, on features: FID, KID, IS, as streaming accumulators and pure functions.
+"""The math of the scores, on features: FID, KID, IS, precision/recall, as streaming accumulators and pure functions.
 
 Nothing here knows about runs, models or images: :mod:`metrics.scoring` feeds it features label by
 label, into running Gaussian statistics (FID), a bounded random reservoir (KID) and per-split sums
@@ -15,6 +15,8 @@ check each against torchmetrics on the same features:
 * KID: ``KernelInceptionDistance`` itself on the (reservoir-capped) features, seeded.
 * IS: ``InceptionScore``'s formula and its seeded ``randperm`` split assignment, accumulated per split
   so the logits of all samples are never kept.
+* Precision and recall: Kynkäänniemi et al. 2019 (k-NN hyperspheres, k=3), a pure function computed in
+  blocks of pairwise distances; checked against a brute-force full-matrix reference.
 """
 
 from __future__ import annotations
@@ -227,3 +229,58 @@ class Reservoir:
 
     def tensor(self) -> torch.Tensor:
         return self.data if self.data is not None else torch.empty(0)
+
+
+# ------------------------------------------------------------------ precision and recall
+
+def _as_rows(x: torch.Tensor, device: torch.device) -> torch.Tensor:
+    x = x.detach().reshape(len(x), -1).to(device)
+    return x if x.dtype in (torch.float32, torch.float64) else x.float()
+
+
+def _kth_neighbour_radii(x: torch.Tensor, k: int, batch_size: int) -> torch.Tensor:
+    """Each row's distance to its k-th nearest other row (itself excluded), one block of rows at a time."""
+    radii = torch.empty(len(x), dtype=x.dtype, device=x.device)
+    for i in range(0, len(x), batch_size):
+        d = torch.cdist(x[i:i + batch_size], x)
+        rows = torch.arange(len(d), device=x.device)
+        d[rows, rows + i] = float("inf")  # not its own neighbour, whatever rounding made of the zero
+        radii[i:i + len(d)] = d.topk(k, dim=1, largest=False).values[:, -1]
+    return radii
+
+
+def precision_recall(real: torch.Tensor, fake: torch.Tensor, k: int = 3,
+                     batch_size: int = 1024) -> tuple[float, float]:
+    """Improved precision and recall (Kynkäänniemi et al., NeurIPS 2019) of `fake` against `real` features.
+
+    Each real sample's hypersphere has the radius of its distance to its k-th nearest other real
+    sample (itself excluded); precision is the fraction of fake samples inside at least one real
+    hypersphere (distance <= radius). Recall is the same with the roles swapped: fake radii, real samples.
+    (NaN, NaN) when either side has no more than k samples.
+
+    Cost: three passes of pairwise distances, real-real, fake-fake and fake-real (the last serves both
+    scores), i.e. (n_r^2 + n_f^2 + n_f n_r) * 2d multiply-adds, in ``batch_size``-row blocks of
+    ``torch.cdist`` on the device the features are on. Memory: the features plus about three
+    ``batch_size x max(n_r, n_f)`` distance blocks: 10,000 x 10,000 x 2048-d float32 features hold
+    ~160 MiB, each block ~40 MiB; about 1.2 TFLOP in all (seconds on a GPU, tens of seconds on a CPU).
+    Float64 features are computed in float64, anything else in float32.
+    """
+    if k < 1 or batch_size < 1:
+        raise ValueError("k and batch_size must be >= 1")
+    if len(real) <= k or len(fake) <= k:
+        return float("nan"), float("nan")
+    real = _as_rows(real, real.device)
+    fake = _as_rows(fake, real.device)
+    if fake.dtype != real.dtype:
+        real, fake = real.double(), fake.double()
+    if real.shape[1] != fake.shape[1]:
+        raise ValueError(f"real and fake features differ in size: {real.shape[1]} and {fake.shape[1]}")
+    real_radii = _kth_neighbour_radii(real, k, batch_size)
+    fake_radii = _kth_neighbour_radii(fake, k, batch_size)
+    fake_inside = torch.zeros(len(fake), dtype=torch.bool, device=real.device)
+    real_inside = torch.zeros(len(real), dtype=torch.bool, device=real.device)
+    for i in range(0, len(fake), batch_size):
+        d = torch.cdist(fake[i:i + batch_size], real)  # [b fake, n real]
+        fake_inside[i:i + len(d)] = (d <= real_radii[None, :]).any(1)
+        real_inside |= (d <= fake_radii[i:i + len(d), None]).any(0)
+    return float(fake_inside.double().mean()), float(real_inside.double().mean())

@@ -11,13 +11,16 @@ from __future__ import annotations
 
 import logging
 import math
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterator, Mapping, Optional, Sequence
 
 import torch
 
-from metrics.scores import GaussianStats, Reservoir, StreamingInceptionScore, fid, frechet_distance, inception_score, kid
+from metrics.reference import ReferenceCache
+from metrics.scores import (GaussianStats, Reservoir, StreamingInceptionScore, fid, frechet_distance, inception_score,
+                            kid, precision_recall)
 from workers.data import load_label, to_uint8
 from workers.sampler import Sampler
 
@@ -45,8 +48,9 @@ class Evaluation:
     """One ensemble to score: the label checkpoints it is made of and the training time they reached."""
 
     name: str                         # "final" | "checkpoint"
-    time_s: float                     # training time (max elapsed_s over its label checkpoints)
+    time_s: float                     # the mark it stands for (the final one: the training time reached)
     checkpoints: Mapping[int, Path]   # label -> model file (a snapshot; a full checkpoint in older runs)
+    models_time_s: Optional[float] = None  # training time the models reached (max over labels)
 
 
 @dataclass
@@ -87,13 +91,45 @@ def sample_label(sampler: Sampler, label: int, n: int, seed: int, batch_size: in
         yield to_uint8(sampler.sample([label] * b, seed=seed * 1_000_003 + label * 10_007 + j, batch_size=b))
 
 
+def real_outputs(space, dataset_cfg, label: int, split: str, image_size: int, batch_size: int,
+                 real_max_per_label: Optional[int] = None,
+                 reference: Optional[ReferenceCache] = None) -> dict[str, torch.Tensor]:
+    """The extractor's outputs for one label's real images of one split (from the cache when there is one)."""
+    def compute() -> dict[str, torch.Tensor]:
+        images = load_label(dataset_cfg, label, split, image_size)
+        if real_max_per_label is not None:
+            images = images[:real_max_per_label]
+        if not len(images):
+            return {"features": torch.zeros(0, space.num_features)}
+        return extract_all(space, images, batch_size)
+
+    return reference.get(split, label, compute) if reference is not None else compute()
+
+
+def proportional_counts(train_counts: Mapping[int, int], total: int) -> dict[int, int]:
+    """`total` samples split across labels in proportion to their training images (largest
+    remainders, so the counts add up to `total` exactly): what a conditional generator sampled
+    with the training label frequencies produces."""
+    n = sum(train_counts.values())
+    exact = {k: total * c / n for k, c in train_counts.items()}
+    counts = {k: int(v) for k, v in exact.items()}
+    for k in sorted(exact, key=lambda k: exact[k] - counts[k], reverse=True)[:total - sum(counts.values())]:
+        counts[k] += 1
+    return counts
+
+
 def score_evaluations(space, dataset_cfg, labels: Sequence[int], image_size: int,
                       evaluations: Sequence[Evaluation], *, samples_per_label: int = 200, batch_size: int = 256,
                       is_splits: int = 10, seed: int = 0, kid_subsets: int = 100, kid_subset_size: int = 1000,
                       real_max_per_label: Optional[int] = None, kid_max_samples: int = 10_000,
-                      label_names: Optional[Mapping[int, str]] = None) -> tuple[list[dict], list[dict]]:
+                      label_names: Optional[Mapping[int, str]] = None,
+                      counts: Optional[Mapping[int, int]] = None, reference: Optional[ReferenceCache] = None,
+                      protocol: str = "quick", extractor: str = "",
+                      precision_recall_k: Optional[int] = None) -> tuple[list[dict], list[dict]]:
     """Scores every evaluation against the real training split, plus the real floor.
 
+    `counts`: generated images per label (default `samples_per_label` each). `precision_recall_k`:
+    also precision and recall (Kynkaanniemi et al. 2019) on up to `kid_max_samples` features.
     Returns (tidy result rows with :data:`metrics.results.RESULT_COLUMNS`, per-label rows of the last evaluation).
     For the ``real_floor`` rows the held-out split stands in for the generated images, so ``n_fake`` is
     the held-out count.
@@ -102,8 +138,10 @@ def score_evaluations(space, dataset_cfg, labels: Sequence[int], image_size: int
     space_name = space.name
     clf_acc = space.classifier_accuracy
     dim = space.num_features
-    n_fake_total = samples_per_label * len(labels)
+    counts = {k: int(counts[k]) if counts is not None else samples_per_label for k in labels}
+    n_fake_total = sum(counts.values())
     label_names = dict(label_names or {})
+    t_start, done = time.monotonic(), 0
 
     real = GaussianStats(dim)
     held = GaussianStats(dim)
@@ -117,29 +155,25 @@ def score_evaluations(space, dataset_cfg, labels: Sequence[int], image_size: int
     samplers = _Samplers(space.device, keep=max(2, len(evaluations)))
 
     for i, k in enumerate(labels):
-        train = load_label(dataset_cfg, k, "train", image_size)
-        test = load_label(dataset_cfg, k, "test", image_size)
-        if real_max_per_label is not None:
-            train, test = train[:real_max_per_label], test[:real_max_per_label]
-        real_k = extract_all(space, train, batch_size)["features"]  # one label's: kept for per-class FID
-        del train
+        real_k = real_outputs(space, dataset_cfg, k, "train", image_size, batch_size, real_max_per_label,
+                              reference)["features"]  # one label's: kept for per-class FID
         real.update(real_k)
         real_kid.update(real_k)
-        floor_row = {"fid": float("nan"), "n_test": len(test), "n_train": len(real_k), "heldout_accuracy": float("nan")}
-        if len(test):
-            f_test = extract_all(space, test, batch_size)
+        f_test = real_outputs(space, dataset_cfg, k, "test", image_size, batch_size, real_max_per_label, reference)
+        n_test = len(f_test["features"])
+        floor_row = {"fid": float("nan"), "n_test": n_test, "n_train": len(real_k), "heldout_accuracy": float("nan")}
+        if n_test:
             held.update(f_test["features"])
             held_kid.update(f_test["features"])
             held_is_logits.append(f_test["is_logits"])
             if "class_logits" in f_test:
                 hits = int((f_test["class_logits"].argmax(1) == k).sum())
                 held_correct += hits
-                held_total += len(test)
-                floor_row["heldout_accuracy"] = hits / len(test)
+                held_total += n_test
+                floor_row["heldout_accuracy"] = hits / n_test
             floor_row["fid"] = fid(real_k, f_test["features"])
-            del f_test
         floor_per_label[k] = floor_row
-        del test
+        del f_test
 
         cache: dict[Path, dict[str, torch.Tensor]] = {}
         for st in states:
@@ -147,7 +181,7 @@ def score_evaluations(space, dataset_cfg, labels: Sequence[int], image_size: int
             if path not in cache:
                 cache.clear()
                 parts: dict[str, list[torch.Tensor]] = {}
-                for imgs in sample_label(samplers.get(path), k, samples_per_label, seed, batch_size):
+                for imgs in sample_label(samplers.get(path), k, counts[k], seed, batch_size):
                     for name, v in space.extract(imgs).items():
                         parts.setdefault(name, []).append(v)
                 cache[path] = {name: torch.cat(v) for name, v in parts.items()}
@@ -159,39 +193,51 @@ def score_evaluations(space, dataset_cfg, labels: Sequence[int], image_size: int
             if "class_logits" in f_fake:
                 hits = int((f_fake["class_logits"].argmax(1) == k).sum())
                 st.correct += hits
-                st.total += samples_per_label
-                acc_k = hits / samples_per_label
+                st.total += counts[k]
+                acc_k = hits / counts[k]
             st.per_label[k] = {"fid": fid(real_k, f_fake["features"]), "n_fake": len(f_fake["features"]),
                                "n_real": len(real_k), "class_accuracy": acc_k}
+        done += counts[k] * len(states)
         if len(labels) <= 20 or (i + 1) % max(1, len(labels) // 10) == 0 or i + 1 == len(labels):
-            logger.info("scored label %s (%d/%d) for %d evaluation(s)", k, i + 1, len(labels), len(states))
+            rate = done / max(time.monotonic() - t_start, 1e-9)
+            logger.info("scored label %s (%d/%d): %d/%d generated images, %.0f images/s", k, i + 1, len(labels),
+                        done, n_fake_total * len(states), rate)
 
     rows: list[dict] = []
 
-    def add(ev: str, t: float, metric: str, label, value: float, n_fake, n_real, fs: str = space_name):
-        rows.append({"eval": ev, "eval_time_s": t, "metric": metric, "label": str(label), "value": value,
-                     "n_fake": n_fake, "n_real": n_real, "feature_space": fs,
-                     "classifier_accuracy": clf_acc if fs == "classifier" and clf_acc is not None else float("nan")})
+    def add(ev: str, t: float, metric: str, label, value: float, n_fake, n_real, fs: str = space_name,
+            models_t: float = float("nan")):
+        rows.append({"eval": ev, "eval_time_s": t, "models_time_s": models_t, "metric": metric, "label": str(label),
+                     "value": value, "n_fake": n_fake, "n_real": n_real, "feature_space": fs,
+                     "classifier_accuracy": clf_acc if fs == "classifier" and clf_acc is not None else float("nan"),
+                     "protocol": protocol, "extractor": extractor})
 
     nan = float("nan")
     kid_real = real_kid.tensor()
     for st in states:
         ev, t = st.ev.name, st.ev.time_s
-        add(ev, t, "fid", "all", frechet_distance(real, st.stats), st.stats.n, real.n)
+        mt = st.ev.models_time_s if st.ev.models_time_s is not None else nan
+        add(ev, t, "fid", "all", frechet_distance(real, st.stats), st.stats.n, real.n, models_t=mt)
         fake_kid = st.kid.tensor()
         km, ks, _ = kid(kid_real, fake_kid, kid_subsets, kid_subset_size, seed)
-        add(ev, t, "kid_mean", "all", km, len(fake_kid), len(kid_real))
-        add(ev, t, "kid_std", "all", ks, len(fake_kid), len(kid_real))
+        add(ev, t, "kid_mean", "all", km, len(fake_kid), len(kid_real), models_t=mt)
+        add(ev, t, "kid_std", "all", ks, len(fake_kid), len(kid_real), models_t=mt)
+        per_label_fids = [st.per_label[k]["fid"] for k in labels]
+        add(ev, t, "intra_fid", "all", sum(per_label_fids) / len(per_label_fids), n_fake_total, real.n, models_t=mt)
+        if precision_recall_k:
+            prec, rec = precision_recall(kid_real, fake_kid, k=precision_recall_k)
+            add(ev, t, "precision", "all", prec, len(fake_kid), len(kid_real), models_t=mt)
+            add(ev, t, "recall", "all", rec, len(fake_kid), len(kid_real), models_t=mt)
         im, istd = st.is_acc.compute()
-        add(ev, t, "is_mean", "all", im, n_fake_total, nan)
-        add(ev, t, "is_std", "all", istd, n_fake_total, nan)
+        add(ev, t, "is_mean", "all", im, n_fake_total, nan, models_t=mt)
+        add(ev, t, "is_std", "all", istd, n_fake_total, nan, models_t=mt)
         if st.total:
-            add(ev, t, "class_accuracy", "all", st.correct / st.total, st.total, nan, "classifier")
+            add(ev, t, "class_accuracy", "all", st.correct / st.total, st.total, nan, "classifier", models_t=mt)
         for k in labels:
             r = st.per_label[k]
-            add(ev, t, "fid", k, r["fid"], r["n_fake"], r["n_real"])
+            add(ev, t, "fid", k, r["fid"], r["n_fake"], r["n_real"], models_t=mt)
             if not math.isnan(r["class_accuracy"]):
-                add(ev, t, "class_accuracy", k, r["class_accuracy"], r["n_fake"], nan, "classifier")
+                add(ev, t, "class_accuracy", k, r["class_accuracy"], r["n_fake"], nan, "classifier", models_t=mt)
 
     # The floor: training split against the held-out split, same feature space and counts reported.
     if held.n >= 2:

@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import functools
 import logging
+import os
 import sys
 from pathlib import Path
 from typing import Optional, Sequence
@@ -58,16 +59,33 @@ def cmd_sample(args) -> int:
 
 
 def cmd_evaluate(args) -> int:
-    from metrics.evaluate import evaluate_run  # deferred: torch, the feature extractors
+    from core.config import load_config
 
     run = RunDir(args.run)
     if not run.config.is_file():
         raise ConfigError(f"--run: {run.path} is not a wcgan run directory (no config.yaml)")
+    load_config(run.config, args.overrides)  # a bad --set fails here, before any scoring
+    address = args.address or os.environ.get("RAY_ADDRESS")
     try:
-        evaluate_run(run.path)
+        if address:  # on a cluster (or in a `ray job submit` driver): the same resourced task as a run's end
+            from orchestrator.run import score_on_cluster
+
+            score_on_cluster(run, address, overrides=args.overrides)
+        else:
+            from metrics.finalize import finalize_run  # deferred: torch, the feature extractors
+
+            finalize_run(run.path, evaluate=True, overrides=args.overrides)
     except FileNotFoundError as err:
         raise ConfigError(f"--run: {err}") from None
     print(f"wrote {run.results_csv} and {run.report}")
+    return 0
+
+
+def cmd_reference(args) -> int:
+    from metrics.evaluate import precompute_reference  # deferred: torch, the feature extractors
+
+    reference = precompute_reference(config_from_args(args))
+    print(f"reference features in {reference.dir} ({reference.hits} reused, {reference.misses} computed)")
     return 0
 
 
@@ -138,9 +156,18 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0)
     p.set_defaults(func=cmd_sample)
 
-    p = add_parser("evaluate", help="recompute metrics of a run from its checkpoints")
+    p = add_parser("evaluate", help="recompute metrics of a run from its snapshots")
     p.add_argument("--run", required=True)
+    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                   help="override the run's metrics settings, e.g. --set metrics.protocol=standard (repeatable)")
+    p.add_argument("--address", default=None,
+                   help="score as a Ray task on this cluster, on a GPU where it has one (default: $RAY_ADDRESS; "
+                        "none: in this process)")
     p.set_defaults(func=cmd_evaluate)
+
+    p = add_parser("reference", help="precompute the real images' features of a data set (cached under run.storage)")
+    add_config_args(p)
+    p.set_defaults(func=cmd_reference)
 
     p = add_parser("report", help="re-render report.md and plots of a run from results.csv")
     p.add_argument("--run", required=True)

@@ -117,10 +117,16 @@ def estimate_disk(cfg, channels: int, image_size: int, n_labels: int,
     train = cfg.train
     saves = math.floor(train.budget_s / train.checkpoint_every_s + 1e-9) + 1  # periodic ones, then the final
     kept = saves if train.keep_checkpoints is None else min(saves, train.keep_checkpoints + 1)
+    # A snapshot at every mark of either cadence (shared where they meet), then the final one.
+    marks = {round(k * train.checkpoint_every_s, 6) for k in range(1, saves)}
+    if cfg.metrics.every_s:
+        marks |= {round(k * cfg.metrics.every_s, 6)
+                  for k in range(1, math.floor(train.budget_s / cfg.metrics.every_s + 1e-9) + 1)}
+    snaps = len(marks) + 1
     owners = 1 if num_classes is not None else n_labels
-    models = owners * (saves * snapshot + kept * checkpoint)
+    models = owners * (snaps * snapshot + kept * checkpoint)
     total = int(models * _MARGIN) + _RUN_FILES_BYTES
-    return DiskEstimate(owners, snapshot, checkpoint, saves, kept, total)
+    return DiskEstimate(owners, snapshot, checkpoint, snaps, kept, total)
 
 
 def estimate_run_bytes(cfg, channels: int, image_size: int, n_labels: int,

@@ -241,7 +241,13 @@ def write_summary(run: RunDir, summaries: list[dict]) -> Path:
     return write_csv(frame, run.summary_csv)
 
 
-def _finalize(run: RunDir, evaluate: bool) -> dict:
+def score_on_cluster(run: RunDir, address: Optional[str] = None, overrides: Optional[list[str]] = None) -> dict:
+    """`wcgan evaluate` against a cluster: the end-of-run scoring task, on its own."""
+    connect(address)
+    return _finalize(RunDir(run.path.resolve()), True, overrides)  # the task may run on another node
+
+
+def _finalize(run: RunDir, evaluate: bool, overrides: Optional[list[str]] = None) -> dict:
     """The sample grid and, if asked, the scores, in a task holding a GPU (or a node's CPUs) now that
     the label actors are gone; a failure here loses no training, so say how to redo it."""
     res = plan_scoring(alive_nodes())
@@ -249,7 +255,7 @@ def _finalize(run: RunDir, evaluate: bool) -> dict:
     task = ray.remote(finalize_run).options(**res, max_retries=0)
     try:
         outputs = ray.get(task.remote(str(run.path), evaluate, threads=int(res["num_cpus"]),
-                                      log_level=logging.getLevelName(logger.getEffectiveLevel())))
+                                      log_level=logging.getLevelName(logger.getEffectiveLevel()), overrides=overrides))
         return {k: v for k, v in outputs.items() if k in ("grid", "results", "report")}
     except ray.exceptions.RayError as err:
         raise RunFailed(f"every label finished, but scoring failed ({type(err).__name__}: "

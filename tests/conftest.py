@@ -78,3 +78,23 @@ def two_tone_folder(root, n_per_label: int = 24, size: int = 8):
         for i in range(n_per_label):
             Image.new("L", (size, size), value).save(d / f"{i:03d}.png")
     return root
+
+
+def save_random_inception(path, monkeypatch, accept: bool = True) -> dict:
+    """A randomly initialised state dict of torch-fidelity's InceptionV3 architecture (no download),
+    saved at `path` and, with `accept`, its digest accepted for this test."""
+    import torch_fidelity.feature_extractor_inceptionv3 as fe
+
+    from metrics import inception as I
+
+    with monkeypatch.context() as m:
+        m.setattr(fe, "load_state_dict_from_url", lambda *a, **k: {})
+        m.setattr(fe.FeatureExtractorInceptionV3, "load_state_dict", lambda self, *a, **k: None)
+        torch.manual_seed(0)
+        net = fe.FeatureExtractorInceptionV3("inception-v3-compat", ["2048"])
+    state = torch.nn.Module.state_dict(net)
+    torch.save(state, path)
+    if accept:
+        monkeypatch.setitem(I.ACCEPTED_SHA256, I.sha256_file(path), "test: a random InceptionV3")
+    return state
+

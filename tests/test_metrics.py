@@ -15,6 +15,7 @@ import pandas as pd
 import pytest
 import torch
 
+from conftest import save_random_inception
 from core.config import DatasetConfig, dump_config, load_config
 from core.errors import MissingWeightsError
 from core.rundir import CheckpointRef, RunDir, save_checkpoint, write_text
@@ -203,24 +204,10 @@ def test_missing_weights_error_names_the_file(empty_hub, tmp_path, monkeypatch):
     assert F.choose_feature_extractor(cfg.metrics.model_copy(update={"feature_extractor": "auto"}), 1, 8)[0] == "classifier"
 
 
-def _save_random_inception(path: Path, monkeypatch) -> dict:
-    """A randomly initialised state dict of torch-fidelity's InceptionV3 architecture (no download)."""
-    import torch_fidelity.feature_extractor_inceptionv3 as fe
-
-    with monkeypatch.context() as m:
-        m.setattr(fe, "load_state_dict_from_url", lambda *a, **k: {})
-        m.setattr(fe.FeatureExtractorInceptionV3, "load_state_dict", lambda self, *a, **k: None)
-        torch.manual_seed(0)
-        net = fe.FeatureExtractorInceptionV3("inception-v3-compat", ["2048"])
-    state = torch.nn.Module.state_dict(net)
-    torch.save(state, path)
-    return state
-
-
 def test_inception_path_loads_a_local_weights_file(tmp_path, empty_hub, monkeypatch):
     weights = tmp_path / "w" / I.WEIGHTS_FILENAME
     weights.parent.mkdir()
-    state = _save_random_inception(weights, monkeypatch)
+    state = save_random_inception(weights, monkeypatch)
 
     def offline(*a, **k):
         raise AssertionError("tried the network")
@@ -261,7 +248,7 @@ def test_fetch_weights_checks_the_download_and_writes_atomically(tmp_path, monke
     import io
 
     good = tmp_path / "good.pth"
-    _save_random_inception(good, monkeypatch)
+    save_random_inception(good, monkeypatch)
     served = {"data": good.read_bytes()}
 
     class Response(io.BytesIO):
