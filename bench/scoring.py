@@ -64,11 +64,11 @@ def main() -> None:
     from metrics.evaluate import evaluate_run
     from workers.trainer import LabelTrainer
 
-    torch.set_num_threads(torch.get_num_threads())
+    threads = torch.get_num_threads()
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
         cfg = load_config("experiments/digits.yaml", [f"run.storage={tmp}", "train.budget_s=3600",
-                                                      f"train.max_steps={args.steps}"])
+                                                      f"train.max_steps={args.steps}", "metrics.every_s=null"])
         clf = get_classifier(cfg.dataset, tmp, 8, device="cpu")
         digits = torch.randint(0, 256, (10_000, 1, 8, 8), dtype=torch.uint8)
         clf_rate = rate(lambda x: clf.model.features_and_logits(x), digits, 256, args.reps)
@@ -79,7 +79,7 @@ def main() -> None:
 
         run = RunDir(tmp / "digits")
         t0 = time.perf_counter()
-        LabelTrainer(str(run.path), cfg.to_dict(), list(range(10)), "bench").run()
+        LabelTrainer(str(run.path), cfg.to_dict(), list(range(10)), "bench", threads=threads).run()
         train_s = time.perf_counter() - t0
         write_text(run.config, dump_config(cfg))
         timings = {}
@@ -87,7 +87,7 @@ def main() -> None:
             t0 = time.perf_counter()
             evaluate_run(run.path, cfg=load_config(run.config, [f"metrics.protocol={protocol}"]))
             timings[protocol] = time.perf_counter() - t0
-    print(f"\nscoring on {torch.get_num_threads()} CPU thread(s), medians of {args.reps}:")
+    print(f"\nscoring on {threads} CPU thread(s), medians of {args.reps}:")
     print(f"  classifier space (digits 8x8)        : {clf_rate:9.0f} images/s")
     print(f"  Inception space (32x32 -> 299, 2048-d): {inc_rate:9.1f} images/s")
     print(f"  digits run (10 labels x {args.steps} steps, trained in {train_s:.0f}s), classifier space:")

@@ -74,3 +74,17 @@ def test_reference_features_are_reused_and_a_changed_key_recomputes(unbalanced_r
         evaluate_run(run.path, cfg=load_config(run.config, ["metrics.real_max_per_label=5"]))
     assert "0 label file(s) reused, 4 computed" in caplog.text
     assert len(list((run.path.parent / "_reference").glob("*/key.json"))) == 2
+
+
+@pytest.mark.e2e
+def test_evaluate_on_a_cluster_runs_the_resourced_scoring_task(unbalanced_run, ray_local, capsys):
+    """`wcgan evaluate --address` scores through the same Ray task as a run's end, with --set."""
+    from orchestrator.cli import main
+
+    run = unbalanced_run
+    assert main(["evaluate", "--run", str(run.path), "--address", "auto",
+                 "--set", "metrics.samples_per_label=12"]) == 0
+    results = pd.read_csv(run.results_csv)
+    final = results[(results["eval"] == "final") & (results["metric"] == "fid") & (results["label"] == "0")]
+    assert int(final["n_fake"].iloc[0]) == 12 and (results["protocol"] == "quick").all()
+    assert "scoring with 2 CPU" in capsys.readouterr().err
