@@ -113,7 +113,7 @@ def main() -> int:
     with tempfile.TemporaryDirectory() as storage:
         bare, actor = [], []
         for rep in range(args.reps):
-            cfg = bench_config(storage, args.seconds, f"one-{rep}", ["resources.gpus_per_label=1"])
+            cfg = bench_config(storage, args.seconds, f"one-{rep}", ["resources.gpus_per_label=1", "resources.cpus_per_label=1"])
             bare.append(bare_digits(cfg, args.seconds))
             from orchestrator.run import train
 

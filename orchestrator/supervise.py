@@ -26,7 +26,7 @@ import ray
 
 from core.config import Config
 from core.errors import ConfigError
-from orchestrator.progress import format_progress
+from orchestrator.progress import ProgressView
 
 logger = logging.getLogger(__name__)
 
@@ -58,8 +58,15 @@ class Supervisor:
         self._last_step: dict[int, tuple[int, float]] = {}  # label -> (step, when it was first seen)
         self._progress: dict[int, dict] = {}
         self._exiting: list = []  # refs of finished actors' graceful exits
+        self.view = ProgressView(logger)
 
     def run(self) -> Outcome:
+        try:
+            return self._run()
+        finally:
+            self.view.close()
+
+    def _run(self) -> Outcome:
         train = self.cfg.train
         pending = {actor.run.remote(): pack for pack, actor in self.actors.items()}
         t0 = time.monotonic()
@@ -72,7 +79,7 @@ class Supervisor:
                 opened = time.monotonic()
             progress = self._poll_progress()
             if progress:
-                logger.info(format_progress(progress, train.budget_s, time.monotonic() - t0))
+                self.view.show(progress, train.budget_s, time.monotonic() - t0)
             if time.monotonic() > (opened or t0) + train.budget_s + train.deadline_grace_s:
                 self._give_up(pending, f"not done {train.budget_s + train.deadline_grace_s:g}s after the start "
                                        f"(train.budget_s + train.deadline_grace_s)")

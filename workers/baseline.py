@@ -107,6 +107,18 @@ def _broadcast_weights(modules, src: int = 0) -> None:
             dist.broadcast(t.data, src)
 
 
+def _quiet_ray_train_reports(level: int) -> None:
+    """Ray Train logs every ray.train.report at INFO ("Reporting training result N:
+    TrainingReport(...)"), a line per log interval in the user's terminal: shown with -v only."""
+    if level <= logging.DEBUG:
+        return
+    try:
+        from ray.train.v2._internal.execution import context  # its logger is named after the file
+    except ImportError:  # another Ray Train layout: its lines stay
+        return
+    logging.getLogger(context.__file__).setLevel(logging.WARNING)
+
+
 def train_loop_per_worker(config: dict) -> None:
     """Ray Train entry point; `config`: {"run_dir", "cfg" (Config dict), "threads", "labels", "num_classes"}."""
     import ray.train
@@ -115,7 +127,7 @@ def train_loop_per_worker(config: dict) -> None:
 
     t_setup = time.monotonic()
     hide_unassigned_gpus()  # a CPU worker on a GPU node: Ray Train gives it no GPU, so CUDA must see none
-    configure_logging()
+    _quiet_ray_train_reports(configure_logging())
     run = RunDir(config["run_dir"])
     cfg = Config.model_validate(config["cfg"])
     train = cfg.train
