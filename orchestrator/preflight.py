@@ -160,3 +160,39 @@ def check_run_disk(cfg, channels: int, image_size: int, n_labels: int,
                 _human(free_bytes(cfg.run.storage)))
     check_free_space(cfg.run.storage, est.total_bytes, est.describe())
     return est
+
+
+# ------------------------------------------------------------------ what the budget buys
+
+# Generator steps below which a label's samples are still mostly noise, by image size. Rough
+# guidance from this project's runs and WGAN-GP's schedules (Gulrajani et al. train 100k+):
+# digits 8x8 reach class accuracy ~0.9 with ~300 steps; a 28x28 folder with 8 steps gave noise.
+MIN_STEPS = ((16, 200), (32, 1000), (64, 2000))
+MIN_STEPS_LARGER = 4000
+
+
+def min_generator_steps(image_size: int) -> int:
+    return next((steps for size, steps in MIN_STEPS if image_size <= size), MIN_STEPS_LARGER)
+
+
+def budget_projection(progress: dict[int, dict], cfg, image_size: int) -> Optional[tuple[str, bool]]:
+    """(message, too few) from the labels' pre-flight step times, or None before they are known."""
+    alive = [s for s in progress.values() if s.get("state") != "failed"]
+    if not alive or any(s.get("projected_steps") is None for s in alive):
+        return None  # not every label has timed its steps yet
+    projected = [int(s["projected_steps"]) for s in alive]
+    projected.sort()
+    low, mid, high = projected[0], projected[len(projected) // 2], projected[-1]
+    need = min_generator_steps(image_size)
+    budget = cfg.train.budget_s
+    msg = (f"pre-flight: {budget:g}s buys about {low}/{mid}/{high} generator steps per label (min/median/max "
+           f"over {len(projected)} labels)")
+    if low >= need:
+        return msg, False
+    step_s = max(float(s.get("step_s") or 0.0) for s in progress.values())
+    longer = math.ceil(need * step_s / 10) * 10 if step_s else None
+    return (f"{msg}: fewer than the {need} that {image_size}px images need for usable samples. Lower "
+            f"model.width (now {cfg.model.width}; the cost grows about with its square)"
+            + (f", give train.budget_s={longer:g} or more" if longer else "")
+            + ", or put fewer labels on each device (more GPUs or CPUs per label)"), True
+

@@ -25,7 +25,7 @@ def summary_line(state: dict[int, dict], budget_s: float, elapsed_wall: float) -
     for k in labels:
         by_state[state[k].get("state", "?")] = by_state.get(state[k].get("state", "?"), 0) + 1
     done, failed = by_state.get("done", 0), by_state.get("failed", 0)
-    training = by_state.get("training", 0) + by_state.get("checkpointing", 0)
+    training = by_state.get("training", 0) + by_state.get("checkpointing", 0) + by_state.get("loaded", 0)
     phase = "training" if training else ("setting up" if done + failed < len(labels) else "finished")
     line = f"[{elapsed_wall:6.0f}s] {phase} {len(labels)} labels: {done} done"
     if failed:

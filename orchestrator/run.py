@@ -192,7 +192,8 @@ def train(cfg: Config, address: Optional[str] = None, evaluate: Optional[bool] =
             logger.info("resuming %s: labels continue from their latest checkpoints", run.path)
         collector = start_collector(run, run_id, info.labels)
         actors.update(start_label_actors(run.path, cfg, run_id, info.labels, plan, pg, collector_actor(run_id)))
-        supervisor = Supervisor(cfg, actors, collector, started=run.started.exists)  # removes finished actors
+        supervisor = Supervisor(cfg, actors, collector, started=run.started.exists,  # removes finished actors
+                                image_size=info.image_size)
         outcome = supervisor.run()
         supervisor.wait_for_exits()
         if outcome.user_errors and not outcome.summaries and not run.has_checkpoints(info.labels):

@@ -26,6 +26,7 @@ import ray
 
 from core.config import Config
 from core.errors import ConfigError
+from orchestrator.preflight import budget_projection
 from orchestrator.progress import ProgressView
 
 logger = logging.getLogger(__name__)
@@ -46,7 +47,7 @@ def stall_timeout_s(cfg: Config) -> float:
 
 class Supervisor:
     def __init__(self, cfg: Config, actors: dict[tuple[int, ...], ray.actor.ActorHandle], collector,
-                 started: Callable[[], bool] = lambda: False):
+                 started: Callable[[], bool] = lambda: False, image_size: Optional[int] = None):
         """`actors`: each actor keyed by the labels it trains (finished ones are removed from it)."""
         self.cfg = cfg
         self.actors = actors
@@ -59,6 +60,8 @@ class Supervisor:
         self._progress: dict[int, dict] = {}
         self._exiting: list = []  # refs of finished actors' graceful exits
         self.view = ProgressView(logger)
+        self.image_size = image_size
+        self._projected = False  # the pre-flight projection was shown
 
     def run(self) -> Outcome:
         try:
@@ -78,6 +81,8 @@ class Supervisor:
             if opened is None and self.started():
                 opened = time.monotonic()
             progress = self._poll_progress()
+            if progress and opened is not None and not self._projected and self.image_size:
+                self._show_projection(progress)
             if progress:
                 self.view.show(progress, train.budget_s, time.monotonic() - t0)
             if time.monotonic() > (opened or t0) + train.budget_s + train.deadline_grace_s:
@@ -89,6 +94,13 @@ class Supervisor:
             else:
                 self._last_step.clear()
         return self.outcome
+
+    def _show_projection(self, progress: dict[int, dict]) -> None:
+        found = budget_projection(progress, self.cfg, self.image_size)
+        if found is not None:
+            message, too_few = found
+            (logger.warning if too_few else logger.info)(message)
+            self._projected = True
 
     # ------------------------------------------------------------------ one label's end
 

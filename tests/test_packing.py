@@ -98,3 +98,21 @@ def test_few_labels_with_small_explicit_shares_are_not_packed():
     # 4 processes of 0.1 GPU each fit under the cap: packing would only slow them down.
     plan = plan_resources(4, [{"CPU": 16, "GPU": 1}], ResourcesConfig(gpus_per_label=0.1, cpus_per_label=1))
     assert plan.labels_per_actor == 1 and plan.n_actors == 4
+
+
+def test_the_preflight_timing_steps_are_undone(tmp_path):
+    """The actor times a few steps before the clock starts; they leave no trace in the model."""
+    from workers.data import load_label
+    from workers.gan import WGANGP
+
+    torch.set_num_threads(1)
+    cfg = small_config(tmp_path, "train.max_steps=4", "train.budget_s=600")
+    run = RunDir(tmp_path / "run")
+    out = LabelTrainer(str(run.path), cfg.to_dict(), 2, "t").run()
+    assert out["summaries"][2]["steps"] == 4
+    pair = WGANGP.build(cfg.model, cfg.train, load_label(cfg.dataset, 2, "train"), torch.device("cpu"),
+                        seed=cfg.train.seed * 1000 + 2)
+    for _ in range(4):
+        pair.step()
+    trained = _final_generator(run, 2)
+    assert all(torch.equal(trained[k], v) for k, v in pair.generator.state_dict().items())

@@ -262,3 +262,21 @@ def test_a_full_disk_during_a_checkpoint_keeps_the_previous_one_and_names_the_fi
     ck.save(3.0)
     assert [s for s, _ in run.checkpoints(LABEL)] == [3]
     assert [s for s, _ in run.snapshots(LABEL)] == [1, 3]
+
+
+def test_the_budget_projection_warns_with_the_fix_when_too_few_steps_fit():
+    from core.config import load_config
+    from orchestrator.preflight import budget_projection, min_generator_steps
+
+    cfg = load_config(None, ["model.width=64", "train.budget_s=240"])
+    assert min_generator_steps(8) == 200 and min_generator_steps(28) == 1000 and min_generator_steps(256) == 4000
+    loading = {0: {"state": "setting up"}, 1: {"state": "loaded", "projected_steps": 8, "step_s": 30.0}}
+    assert budget_projection(loading, cfg, 28) is None  # label 0 has not timed its steps yet
+    few = {0: {"state": "loaded", "projected_steps": 8, "step_s": 30.0},
+           1: {"state": "training", "projected_steps": 9, "step_s": 29.0}, 2: {"state": "failed"}}
+    message, too_few = budget_projection(few, cfg, 28)
+    assert too_few and "about 8/9/9 generator steps" in message and "fewer than the 1000" in message
+    assert "model.width (now 64" in message and "train.budget_s=30000" in message
+    plenty = {0: {"state": "training", "projected_steps": 5000, "step_s": 0.01}}
+    assert budget_projection(plenty, cfg, 28) == ("pre-flight: 240s buys about 5000/5000/5000 generator steps per "
+                                                  "label (min/median/max over 1 labels)", False)

@@ -17,6 +17,7 @@ latest checkpoints and trains only for the budget that is left.
 
 from __future__ import annotations
 
+import copy
 import logging
 import os
 import socket
@@ -137,11 +138,18 @@ class LabelTrainer:
         if not lanes:  # every label of the pack had bad data: each failure names its own file
             return {"summaries": {}, "failures": bad}
         self._wait_for_all_labels(list(lanes))
+        # Pre-flight: what the budget buys, from a few steps that are then undone. Timed after the start
+        # line, while every label does the same, so the machine is as busy as in training; the budget
+        # clock starts after them. A pack's labels share one model shape: one is timed.
+        round_s = _time_steps(next(iter(lanes.values())).pair) * len(lanes)
         setup_s = time.monotonic() - load_start
         self._report("progress", {k: {"step": ln.resume.start_step, "elapsed_s": ln.resume.elapsed_s,
                                       "budget_s": train.budget_s, "restarts": ln.restarts, "state": "loaded",
                                       "resumed_from_s": ln.resume.elapsed_s, "setup_s": setup_s,
-                                      "device": str(ln.pair.device)} for k, ln in lanes.items()})
+                                      "device": str(ln.pair.device), "step_s": round_s,
+                                      "projected_steps": ln.pair.generator_steps + int(
+                                          max(0.0, train.budget_s - ln.resume.elapsed_s) / round_s)}
+                                  for k, ln in lanes.items()})
         # Labels that finished before this session (a pack re-formed on resume) are not trained again.
         done = {k: ln for k, ln in lanes.items() if self._finished(ln)}
         lanes = {k: ln for k, ln in lanes.items() if k not in done}
@@ -269,6 +277,20 @@ class LabelTrainer:
     def _report_failed(self, label: int, error: str) -> None:
         if self.collector is not None:
             self.collector.report_failed.remote(label, error)
+
+
+def _time_steps(pair: WGANGP, n: int = 3) -> float:
+    """Seconds per generator step of `pair`, timed on steps that are then undone: networks,
+    optimisers, step count and RNG are restored, so training is exactly as if none had run."""
+    saved = copy.deepcopy(pair.state_dict())
+    pair.step()  # warm-up: allocator, cuDNN autotuning
+    t0 = time.monotonic()
+    for _ in range(n):
+        stats = pair.step()
+    float(stats.critic_loss)  # waits for the device
+    seconds = (time.monotonic() - t0) / n
+    pair.load_state_dict(saved)
+    return seconds
 
 
 def _peak_gpu_mb(device: torch.device, labels: int) -> Optional[float]:
