@@ -76,6 +76,9 @@ class ModelConfig(_Section):
     z_dim: int = Field(default=128, ge=1, le=4096)
     # Channels of the widest-resolution layer; deeper layers double it up to 8x.
     width: int = Field(default=64, ge=4, le=1024)
+    # Keep an exponential moving average of the generator's weights (decay min(0.999, (1+t)/(10+t))
+    # at step t) and sample and score it instead of the last weights.
+    ema: bool = False
     # A generator larger than this is refused before anything starts (a 375 px folder image once
     # asked for 1.15 billion parameters); raise it deliberately for large models.
     max_parameters: int = Field(default=200_000_000, ge=1)

@@ -131,7 +131,7 @@ def evaluate_run(run_dir: str | os.PathLike, cfg: Optional[Config] = None,
             batch_size=m.batch_size, is_splits=m.is_splits, seed=m.seed, kid_subsets=m.kid_subsets,
             kid_subset_size=m.kid_subset_size, real_max_per_label=real_cap, label_names=names, counts=counts,
             reference=reference, protocol=m.protocol, extractor=extractor,
-            precision_recall_k=PRECISION_RECALL_K if standard else None)
+            precision_recall_k=PRECISION_RECALL_K if standard else None, ema=cfg.model.ema)
     logger.info("reference features: %d label file(s) reused, %d computed (%s)", reference.hits, reference.misses,
                 reference.dir)
 

@@ -69,14 +69,14 @@ class _Samplers:
     dropped; a baseline's conditional generator serves every label, so the few most recent are
     kept (one per evaluation scored for the current label)."""
 
-    def __init__(self, device: torch.device, keep: int = 2):
-        self.device, self.keep = device, keep
+    def __init__(self, device: torch.device, keep: int = 2, ema: bool = True):
+        self.device, self.keep, self.ema = device, keep, ema
         self.kept: dict[Path, Sampler] = {}
 
     def get(self, path: Path) -> Sampler:
         if path in self.kept:
             return self.kept[path]
-        sampler = Sampler.from_checkpoint(path, self.device)
+        sampler = Sampler.from_checkpoint(path, self.device, self.ema)
         if sampler.conditional:
             self.kept[path] = sampler
             while len(self.kept) > self.keep:
@@ -125,11 +125,12 @@ def score_evaluations(space, dataset_cfg, labels: Sequence[int], image_size: int
                       label_names: Optional[Mapping[int, str]] = None,
                       counts: Optional[Mapping[int, int]] = None, reference: Optional[ReferenceCache] = None,
                       protocol: str = "quick", extractor: str = "",
-                      precision_recall_k: Optional[int] = None) -> tuple[list[dict], list[dict]]:
+                      precision_recall_k: Optional[int] = None, ema: bool = True) -> tuple[list[dict], list[dict]]:
     """Scores every evaluation against the real training split, plus the real floor.
 
     `counts`: generated images per label (default `samples_per_label` each). `precision_recall_k`:
     also precision and recall (Kynkaanniemi et al. 2019) on up to `kid_max_samples` features.
+    `ema`: score the generators' moving averages where the model files keep them.
     Returns (tidy result rows with :data:`metrics.results.RESULT_COLUMNS`, per-label rows of the last evaluation).
     For the ``real_floor`` rows the held-out split stands in for the generated images, so ``n_fake`` is
     the held-out count.
@@ -152,7 +153,7 @@ def score_evaluations(space, dataset_cfg, labels: Sequence[int], image_size: int
     floor_per_label: dict[int, dict] = {}
     states = [_EvalState(ev, GaussianStats(dim), StreamingInceptionScore(n_fake_total, is_splits, seed),
                          Reservoir(kid_max_samples, seed + 3)) for ev in evaluations]
-    samplers = _Samplers(space.device, keep=max(2, len(evaluations)))
+    samplers = _Samplers(space.device, keep=max(2, len(evaluations)), ema=ema)
 
     for i, k in enumerate(labels):
         real_k = real_outputs(space, dataset_cfg, k, "train", image_size, batch_size, real_max_per_label,

@@ -109,11 +109,12 @@ def estimate_disk(cfg, channels: int, image_size: int, n_labels: int,
         generator, critic = build_models(cfg.model, channels, image_size, num_classes)
     g_bytes, g_tensors, g_param_bytes, g_params = _state_sizes(generator)
     d_bytes, d_tensors, d_param_bytes, d_params = _state_sizes(critic)
-    snapshot = g_bytes + _FILE_OVERHEAD + _TENSOR_OVERHEAD * g_tensors
+    copies = 2 if cfg.model.ema else 1  # the generator and its moving average
+    snapshot = copies * (g_bytes + _TENSOR_OVERHEAD * g_tensors) + _FILE_OVERHEAD
     # Adam: exp_avg and exp_avg_sq like each parameter, plus a step scalar; the RNG state ~5 KiB.
     adam_bytes = 2 * (g_param_bytes + d_param_bytes) + 4 * (g_params + d_params)
-    checkpoint = (g_bytes + d_bytes + adam_bytes + 8192 + _FILE_OVERHEAD
-                  + _TENSOR_OVERHEAD * (g_tensors + d_tensors + 3 * (g_params + d_params)))
+    checkpoint = (copies * g_bytes + d_bytes + adam_bytes + 8192 + _FILE_OVERHEAD
+                  + _TENSOR_OVERHEAD * (copies * g_tensors + d_tensors + 3 * (g_params + d_params)))
     train = cfg.train
     saves = math.floor(train.budget_s / train.checkpoint_every_s + 1e-9) + 1  # periodic ones, then the final
     kept = saves if train.keep_checkpoints is None else min(saves, train.keep_checkpoints + 1)

@@ -223,3 +223,40 @@ def test_history_drops_rows_past_the_resumed_checkpoint(tmp_path):
     assert list(rows["step"]) == [10, 20, 25] and list(rows["restarts"]) == [0, 0, 1]
     assert "ignored" not in rows.columns
     assert not [p for p in path.parent.iterdir() if p.name.startswith(".tmp-")]  # rewritten atomically
+
+
+def test_the_generators_moving_average_is_kept_saved_and_sampled(tmp_path):
+    """model.ema: an average of the generator's weights (with a warm-up), resumed from checkpoints,
+    written into snapshots and preferred by the sampler."""
+    from conftest import small_config
+    from core.rundir import RunDir, load_checkpoint
+    from workers.checkpoint import Checkpointer, Resume, restore
+    from workers.data import load_label
+    from workers.gan import WGANGP
+    from workers.sampler import Sampler
+
+    cfg = small_config(tmp_path, "model.ema=true")
+    images = load_label(cfg.dataset, 1)
+    pair = WGANGP.build(cfg.model, cfg.train, images, torch.device("cpu"), seed=1)
+    before = {k: v.clone() for k, v in pair.generator.state_dict().items()}
+    pair.step()  # step 1: decay min(0.999, 1/10) = 0.1 -> ema = 0.1 * old + 0.9 * new
+    w = "net.0.weight" if "net.0.weight" in before else next(k for k, v in before.items() if v.is_floating_point())
+    new, ema = pair.generator.state_dict()[w], pair.generator_ema.state_dict()[w]
+    assert torch.allclose(ema, 0.1 * before[w] + 0.9 * new, atol=1e-6) and not torch.equal(ema, new)
+    for _ in range(3):
+        pair.step()
+    run = RunDir(tmp_path / "run")
+    ckpt = Checkpointer(run, 1, pair, cfg, Resume(), 0, [1], pair.images_per_step)
+    ckpt.save(1.0)
+    snap = load_checkpoint(ckpt.last_snapshot)["state"]
+    assert torch.equal(snap["generator_ema"][w], pair.generator_ema.state_dict()[w])
+    again = WGANGP.build(cfg.model, cfg.train, images, torch.device("cpu"), seed=99)
+    restore(run, 1, again)
+    assert torch.equal(again.generator_ema.state_dict()[w], pair.generator_ema.state_dict()[w])
+    z = torch.randn(4, cfg.model.z_dim)
+    with torch.no_grad():
+        expected = pair.generator_ema.eval()(z)
+    averaged = Sampler.from_checkpoint(ckpt.last_snapshot)
+    assert torch.allclose(averaged._generate(1, z), expected, atol=1e-6)
+    raw = Sampler.from_checkpoint(ckpt.last_snapshot, ema=False)
+    assert not torch.allclose(raw._generate(1, z), expected, atol=1e-6)

@@ -88,7 +88,10 @@ def _drop_later_snapshots(run: RunDir, owner: Owner, step: int) -> None:
 
 def generator_state(pair: WGANGP) -> dict:
     """What a snapshot keeps of a pair: the generator's weights (and buffers) and its step."""
-    return {"generator": pair.generator.state_dict(), "generator_steps": pair.generator_steps}
+    state = {"generator": pair.generator.state_dict(), "generator_steps": pair.generator_steps}
+    if pair.generator_ema is not None:
+        state["generator_ema"] = pair.generator_ema.state_dict()
+    return state
 
 
 class Checkpointer:

@@ -11,6 +11,7 @@ argument. ``grad_sync`` averages gradients over data-parallel workers after each
 from __future__ import annotations
 
 import contextlib
+import copy
 from dataclasses import dataclass
 from typing import Callable, Optional, Sequence
 
@@ -92,17 +93,22 @@ class StepStats:
         return {k: float(v) for k, v in self.__dict__.items()}
 
 
+EMA_DECAY = 0.999
+
+
 class WGANGP:
     """A generator/critic pair, its Adam optimisers, its device-resident data and its RNG."""
 
     def __init__(self, generator: nn.Module, critic: nn.Module, train_cfg, images_uint8: torch.Tensor,
                  device: torch.device, labels: Optional[torch.Tensor] = None, seed: int = 0,
-                 grad_sync: Optional[GradSync] = None):
+                 grad_sync: Optional[GradSync] = None, ema: bool = False):
         if len(images_uint8) == 0:
             raise ValueError("no training images")
         self.device = device
         self.cfg = train_cfg
         self.generator, self.critic = generator.to(device), critic.to(device)
+        # The generator's moving average: what sampling and scoring use when kept (model.ema).
+        self.generator_ema = copy.deepcopy(self.generator).eval().requires_grad_(False) if ema else None
         betas = tuple(train_cfg.betas)
         self.opt_g = torch.optim.Adam(self.generator.parameters(), lr=train_cfg.lr, betas=betas)
         self.opt_d = torch.optim.Adam(self.critic.parameters(), lr=train_cfg.lr, betas=betas)
@@ -131,7 +137,8 @@ class WGANGP:
         channels, size = int(images_uint8.shape[1]), int(images_uint8.shape[2])
         generator, critic = build_models(model_cfg, channels, size, num_classes)
         return cls(generator, critic, train_cfg, images_uint8, device, labels=labels,
-                   seed=seed if data_seed is None else data_seed, grad_sync=grad_sync)
+                   seed=seed if data_seed is None else data_seed, grad_sync=grad_sync,
+                   ema=getattr(model_cfg, "ema", False))
 
     @property
     def images_per_step(self) -> int:
@@ -193,11 +200,25 @@ class WGANGP:
         self._sync(self.generator)
         self.opt_g.step()
         self.generator_steps += 1
+        self._update_ema()
         return StepStats(loss_d.detach(), loss_g.detach(), (d_real - d_fake).detach(), gp.detach())
+
+    @torch.no_grad()
+    def _update_ema(self) -> None:
+        """ema <- decay * ema + (1 - decay) * weights; buffers (batch-norm statistics) copied. The
+        decay warms up, so a short run's average is not dominated by its first, untrained weights."""
+        if self.generator_ema is None:
+            return
+        t = self.generator_steps - 1  # updates before this one
+        decay = min(EMA_DECAY, (1 + t) / (10 + t))
+        torch._foreach_lerp_(list(self.generator_ema.parameters()), list(self.generator.parameters()), 1 - decay)
+        for b_ema, b in zip(self.generator_ema.buffers(), self.generator.buffers()):
+            b_ema.copy_(b)
 
     # checkpoint state ----------------------------------------------------------------------
     def state_dict(self) -> dict:
         return {
+            **({"generator_ema": self.generator_ema.state_dict()} if self.generator_ema is not None else {}),
             "generator": self.generator.state_dict(),
             "critic": self.critic.state_dict(),
             "opt_g": self.opt_g.state_dict(),
@@ -208,6 +229,8 @@ class WGANGP:
 
     def load_state_dict(self, state: dict, restore_rng: bool = True) -> None:
         self.generator.load_state_dict(state["generator"])
+        if self.generator_ema is not None:  # a checkpoint written without an average starts one from its weights
+            self.generator_ema.load_state_dict(state.get("generator_ema", state["generator"]))
         self.critic.load_state_dict(state["critic"])
         self.opt_g.load_state_dict(state["opt_g"])
         self.opt_d.load_state_dict(state["opt_d"])

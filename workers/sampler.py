@@ -41,8 +41,10 @@ class Sampler:
     # ------------------------------------------------------------------ building
 
     @classmethod
-    def from_checkpoints(cls, paths: Mapping[int, str | Path], device: str | torch.device = "cpu") -> "Sampler":
-        """label -> snapshot or checkpoint: label files (an ensemble) or one baseline file for every label."""
+    def from_checkpoints(cls, paths: Mapping[int, str | Path], device: str | torch.device = "cpu",
+                         ema: bool = True) -> "Sampler":
+        """label -> snapshot or checkpoint: label files (an ensemble) or one baseline file for every label.
+        `ema`: the generators' moving averages where the files keep them."""
         if not paths:
             raise FileNotFoundError("no checkpoints given")
         loaded: dict[Path, tuple[nn.Module, int, bool, list[int]]] = {}  # a baseline's file serves every label
@@ -50,7 +52,7 @@ class Sampler:
         for label, path in paths.items():
             path = Path(path)
             if path not in loaded:
-                loaded[path] = _load_generator(path)
+                loaded[path] = _load_generator(path, ema)
             nets[int(label)] = loaded[path][0]
         kinds = {conditional for _, _, conditional, _ in loaded.values()}
         if kinds == {True} and len(loaded) > 1:
@@ -61,9 +63,9 @@ class Sampler:
         return cls(nets, z_dim, device, conditional)
 
     @classmethod
-    def from_checkpoint(cls, path: str | Path, device: str | torch.device = "cpu") -> "Sampler":
+    def from_checkpoint(cls, path: str | Path, device: str | torch.device = "cpu", ema: bool = True) -> "Sampler":
         """The model in one checkpoint: a label's generator, or the baseline's for every label it trained."""
-        generator, z_dim, conditional, labels = _load_generator(Path(path))
+        generator, z_dim, conditional, labels = _load_generator(Path(path), ema)
         return cls({k: generator for k in labels}, z_dim, device, conditional)
 
     # ------------------------------------------------------------------ sampling
@@ -104,14 +106,16 @@ class Sampler:
         return g(z)
 
 
-def _load_generator(path: Path) -> tuple[nn.Module, int, bool, list[int]]:
+def _load_generator(path: Path, ema: bool = True) -> tuple[nn.Module, int, bool, list[int]]:
     """(generator, z_dim, conditional, labels it generates) of a snapshot or full checkpoint of either kind
-    (both hold the generator's weights under state["generator"])."""
+    (both hold the generator's weights under state["generator"], and its average under
+    state["generator_ema"] when model.ema kept one: used when `ema`)."""
     blob = load_checkpoint(path)
     model_cfg = ModelConfig(**blob["model"])
     num_classes = blob.get("num_classes")
     generator, _ = build_models(model_cfg, blob["channels"], blob["image_size"], num_classes)
-    generator.load_state_dict(blob["state"]["generator"])
+    state = blob["state"]
+    generator.load_state_dict(state["generator_ema"] if ema and "generator_ema" in state else state["generator"])
     labels = [int(k) for k in blob.get("labels") or [blob["label"]]]  # "labels" is absent in older label checkpoints
     return generator, model_cfg.z_dim, num_classes is not None, labels
 
