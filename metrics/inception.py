@@ -108,8 +108,9 @@ def _stat_key(path: Path) -> tuple:
     return str(path.resolve()), st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns
 
 
-def _weights_digest(path: Path) -> str:
+def cached_sha256(path: str | os.PathLike) -> str:
     """SHA-256 of the file, hashed once per (path, inode, size, mtime, ctime) in this process."""
+    path = Path(path)
     key = _stat_key(path)
     digest = _digests.get(key)
     if digest is None:
@@ -126,7 +127,7 @@ def verify_inception_weights(path: str | os.PathLike) -> Path:
     anything reads the file with ``torch.load``."""
     p = Path(path)
     try:
-        digest = _weights_digest(p)
+        digest = cached_sha256(p)
     except OSError as err:
         raise MissingWeightsError(f"Inception weights file {p} cannot be read ({type(err).__name__}: {err})") from None
     if digest in ACCEPTED_SHA256:
@@ -272,7 +273,7 @@ def main(argv: Optional[list[str]] = None) -> int:
     except MissingWeightsError as err:
         print(f"verified: no\n{err}")
         return 1
-    print(f"verified: yes (sha256 {_weights_digest(found)})")
+    print(f"verified: yes (sha256 {cached_sha256(found)})")
     return 0
 
 

@@ -17,7 +17,6 @@ import hashlib
 import json
 import logging
 import os
-from functools import lru_cache
 from pathlib import Path
 from typing import Callable, Optional
 
@@ -25,7 +24,7 @@ import torch
 
 from core.config import DatasetConfig
 from core.rundir import load_checkpoint, save_checkpoint, write_text
-from metrics.inception import sha256_file
+from metrics.inception import cached_sha256
 
 logger = logging.getLogger(__name__)
 
@@ -33,23 +32,12 @@ REFERENCE_DIRNAME = "_reference"
 VERSION = 1
 
 
-@lru_cache(maxsize=16)
-def _sha256(path: str, size: int, mtime_ns: int) -> str:
-    return sha256_file(path)
-
-
-def file_sha256(path: str | os.PathLike) -> str:
-    """SHA-256 of a file, hashed once per (path, size, mtime) in this process."""
-    st = os.stat(path)
-    return _sha256(str(path), st.st_size, st.st_mtime_ns)
-
-
 def extractor_digests(space) -> dict[str, Optional[str]]:
     """The weights behind every output of `space`: Inception's file and the classifier's cache file."""
     weights = getattr(space.extractor, "weights_path", None)
     clf = space.classifier
-    return {"inception": file_sha256(weights) if space.name == "inception" and weights else None,
-            "classifier": file_sha256(clf.path) if clf is not None and Path(clf.path).is_file() else None}
+    return {"inception": cached_sha256(weights) if space.name == "inception" and weights else None,
+            "classifier": cached_sha256(clf.path) if clf is not None and Path(clf.path).is_file() else None}
 
 
 def reference_key(dataset: DatasetConfig, image_size: int, space, real_max_per_label: Optional[int]) -> dict:

@@ -176,7 +176,7 @@ class CountingPair:
 def test_loop_stops_at_max_steps_and_checkpoints_once_at_the_end():
     pair, logs, ckpts = CountingPair(), [], []
     result = BudgetedLoop(pair, budget_s=3600, max_steps=25, log_every_s=3600, checkpoint_every_s=3600).run(
-        logs.append, lambda elapsed, final: ckpts.append(final))
+        logs.append, lambda elapsed, final, mark_s: ckpts.append(final))
     assert pair.generator_steps == result.steps == 25 and result.start_step == 0
     assert ckpts == [True] and [r["step"] for r in logs] == [25]
     assert result.images_per_s > 0 and logs[-1]["images_per_s"] == result.images_per_s
@@ -192,7 +192,7 @@ def test_loop_stopping_rule_is_half_a_step():
 def test_loop_resumed_with_its_budget_spent_trains_no_step():
     pair, ckpts = CountingPair(), []
     result = BudgetedLoop(pair, budget_s=5.0, elapsed0=5.0).run(lambda row: None,
-                                                                lambda elapsed, final: ckpts.append((elapsed, final)))
+                                                                lambda elapsed, final, mark_s: ckpts.append((elapsed, final)))
     assert pair.generator_steps == 0 and result.trained_s == 0 and result.last is None
     assert ckpts == [(5.0, True)]
 
@@ -205,7 +205,7 @@ def test_loop_takes_the_groups_decisions():
         return d._replace(stop=pair.generator_steps >= 7, log=pair.generator_steps % 3 == 0,
                           checkpoint=pair.generator_steps == 5)
 
-    BudgetedLoop(pair, budget_s=3600, agree=agree).run(logs.append, lambda e, final: ckpts.append((pair.generator_steps, final)))
+    BudgetedLoop(pair, budget_s=3600, agree=agree).run(logs.append, lambda e, final, mark_s: ckpts.append((pair.generator_steps, final)))
     assert [r["step"] for r in logs] == [3, 6, 7]   # the periodic rows, then the final one
     assert ckpts == [(5, False), (7, True)]
 

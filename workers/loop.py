@@ -27,7 +27,6 @@ losses a log row reports. A single process leaves both as they are.
 
 from __future__ import annotations
 
-import inspect
 import math
 import time
 from dataclasses import dataclass
@@ -127,12 +126,11 @@ class BudgetedLoop:
 
         `on_log(row)` every log_every_s (and once at the end); `on_checkpoint(elapsed_s, final,
         mark_s)` at each checkpoint mark and once at the end (`mark_s`: the mark the save stands for,
-        None for a final save past no new mark; a callback taking only `(elapsed_s, final)` is
-        called without it); `on_snapshot(elapsed_s, mark_s)` at each metrics mark that is not
+        None for a final save past no new mark); `on_snapshot(elapsed_s, mark_s)` at each metrics mark that is not
         also a checkpoint mark (required when marks_every_s is set)."""
         if self.marks_every_s and on_snapshot is None:
             raise ValueError("marks_every_s needs an on_snapshot callback")
-        checkpoint = on_checkpoint if _takes_mark(on_checkpoint) else (lambda e, final, mark_s: on_checkpoint(e, final))
+        checkpoint = on_checkpoint
         pair = self.pair
         start_step = pair.generator_steps
         t0 = time.monotonic()
@@ -183,14 +181,3 @@ class BudgetedLoop:
         end = max(elapsed(now), self.elapsed0) if trained_s else self.elapsed0
         checkpoint(end, True, _latest(ckpt_marks.take(end), metric_marks.take(end)))
         return LoopResult(start_step, pair.generator_steps, end, trained_s, rate, last, first_step_unix)
-
-
-def _takes_mark(callback: Callable) -> bool:
-    """Whether an on_checkpoint callback takes the mark (callbacks written before marks take two arguments)."""
-    try:
-        inspect.signature(callback).bind(0.0, False, None)
-    except TypeError:
-        return False
-    except ValueError:  # no signature to read (a builtin): assume the current protocol
-        return True
-    return True
