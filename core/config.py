@@ -23,9 +23,18 @@ class _Section(BaseModel):
 
 class RunConfig(_Section):
     name: str = "wcgan"
+    # A path, a file:// URI, or an object-store URI (s3://bucket/prefix, gs://bucket/prefix, any URI
+    # pyarrow.fs resolves) with credentials from the cloud SDK's environment: see core/storage.py.
     storage: str = "runs"
     # None: <name>-<timestamp>. Fixed ids let a re-submitted job resume a run.
     id: Optional[str] = None
+
+    @field_validator("storage")
+    @classmethod
+    def _storage_location(cls, v):
+        if "://" in v and not v.startswith("file://") and not re.fullmatch(r"[a-z][a-z0-9+.-]*://[^/\s]+(/\S*)?", v):
+            raise ValueError("an object-store URI is <scheme>://<bucket>[/<prefix>], e.g. s3://my-bucket/runs")
+        return v
 
     @field_validator("name", "id")
     @classmethod

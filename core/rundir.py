@@ -23,6 +23,11 @@ falls back to its full checkpoints).
 
 Every file is written atomically (a temporary file in the same folder, fsync, rename, fsync
 of the folder), so a crash never leaves a half-written file under a final name.
+
+A run may live on an object store (``run.storage: s3://bucket/runs``): then :attr:`RunDir.path` is
+its local mirror (see core/storage.py), every atomic write is uploaded before it returns, listings
+and deletions go to the store, and a model file is fetched when it is read. :attr:`RunDir.location`
+is what another process or node is given.
 """
 
 from __future__ import annotations
@@ -35,6 +40,9 @@ import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Callable, Iterable, Optional, Union
+
+from core import storage
+from core.storage import TMP_PREFIX
 
 BASELINE = "baseline"
 Owner = Union[int, str]  # a label, or BASELINE
@@ -62,7 +70,7 @@ def atomic_write(path: str | os.PathLike, write: Callable[[IO[bytes]], None],
     tmp = None
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=path.suffix, dir=path.parent)
+        fd, tmp = tempfile.mkstemp(prefix=TMP_PREFIX, suffix=path.suffix, dir=path.parent)
         with os.fdopen(fd, "wb") as f:
             write(f)
             f.flush()
@@ -70,6 +78,9 @@ def atomic_write(path: str | os.PathLike, write: Callable[[IO[bytes]], None],
         if check is not None:
             check(Path(tmp))
         os.replace(tmp, path)
+        tmp = None
+        _fsync_dir(path.parent)
+        storage.push(path)
     except BaseException as err:
         if tmp is not None:
             Path(tmp).unlink(missing_ok=True)
@@ -78,7 +89,6 @@ def atomic_write(path: str | os.PathLike, write: Callable[[IO[bytes]], None],
             raise OSError(cause.errno, f"{cause.strerror} (nothing written; any previous file is intact)",
                           str(path)) from err
         raise
-    _fsync_dir(path.parent)
     return path
 
 
@@ -130,6 +140,7 @@ def load_checkpoint(path: str | os.PathLike, map_location="cpu") -> dict:
     """Tensors and plain values only (``weights_only``): a checkpoint never runs code when read."""
     import torch
 
+    _fetch(path)
     return torch.load(path, map_location=map_location, weights_only=True)
 
 
@@ -137,11 +148,18 @@ def checkpoint_meta(path: str | os.PathLike) -> dict:
     """A checkpoint's plain fields (elapsed_s, image_size, labels, ...) without reading its tensors."""
     import torch
 
+    _fetch(path)
     try:
         blob = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
     except RuntimeError:  # not a zip-format file: no mmap
         blob = torch.load(path, map_location="cpu", weights_only=True)
     return {k: v for k, v in blob.items() if k != "state"}
+
+
+def _fetch(path: str | os.PathLike) -> None:
+    """Bring a model file of a stored run into its mirror (a no-op for local runs)."""
+    if not storage.pull(path) and storage.is_remote(path):
+        raise FileNotFoundError(errno.ENOENT, "not in the store", storage.uri_of(path))
 
 
 # ------------------------------------------------------------------ the directory
@@ -162,11 +180,41 @@ class CheckpointRef:
 class RunDir:
     """Paths and checkpoints of one run directory (ensemble or baseline)."""
 
-    def __init__(self, path: str | os.PathLike):
-        self.path = Path(path)
+    def __init__(self, location: str | os.PathLike):
+        """`location`: a path, or a store URI (its top-level files are fetched into the mirror)."""
+        self.path = storage.local_path(location)
+        if self.is_remote:
+            storage.pull_tree(self.path, keep=lambda rel: not rel.startswith(TMP_PREFIX), recursive=False)
 
     def __repr__(self) -> str:
-        return f"RunDir({str(self.path)!r})"
+        return f"RunDir({self.location!r})"
+
+    @property
+    def location(self) -> str:
+        """The run as another process or node must be given it: a store URI, or an absolute path."""
+        return storage.uri_of(self.path)
+
+    @property
+    def is_remote(self) -> bool:
+        return storage.is_remote(self.path)
+
+    def exists(self) -> bool:
+        """Whether the run has been created (its config is written), on the store when it is stored."""
+        return storage.exists(self.config)
+
+    def has(self, path: Path) -> bool:
+        """Whether one of the run's files exists, asking the store when the run is stored."""
+        return storage.exists(path)
+
+    def sync(self) -> "RunDir":
+        """Fetch every small file of a stored run (tables, histories, summaries; not models) into
+        its mirror, for the readers that open them by path; a no-op for local runs."""
+        storage.pull_tree(self.path, keep=lambda rel: not rel.endswith(".pt") and TMP_PREFIX not in rel)
+        return self
+
+    def remove(self) -> None:
+        """Delete the whole run, from the store too."""
+        storage.remove_tree(self.path)
 
     # files ----------------------------------------------------------------------------------
     @property
@@ -218,7 +266,7 @@ class RunDir:
     # kinds and owners ------------------------------------------------------------------------
     @property
     def is_baseline(self) -> bool:
-        return self.owner_dir(BASELINE).is_dir()
+        return storage.is_dir(self.owner_dir(BASELINE))
 
     def owner_dir(self, owner: Owner) -> Path:
         if owner == BASELINE:
@@ -230,10 +278,7 @@ class RunDir:
 
     def label_owners(self) -> list[int]:
         """Labels with a folder under labels/ (ensemble runs), ascending."""
-        root = self.path / "labels"
-        if not root.is_dir():
-            return []
-        return sorted(int(d.name) for d in root.iterdir() if d.name.isdigit())
+        return sorted(int(name) for name in storage.listdir(self.path / "labels") if name.isdigit())
 
     # checkpoints -----------------------------------------------------------------------------
     def checkpoint_path(self, owner: Owner, step: int) -> Path:
@@ -275,23 +320,24 @@ class RunDir:
         steps again, and the old ones would score a discarded line of training. Returns them."""
         dropped = [p for s, p in self.snapshots(owner) if s > step]
         for p in dropped:
-            p.unlink(missing_ok=True)
+            storage.remove(p)
         return dropped
 
     def sweep_temporaries(self, owner: Owner) -> list[Path]:
         """Delete the temporary files a killed writer left in the owner's folders; returns them."""
         stale = []
         for d in (self.owner_dir(owner), self.snapshot_dir(owner)):
-            if d.is_dir():
-                stale += [p for p in d.iterdir() if p.name.startswith(".tmp-")]
+            stale += [d / name for name in storage.listdir(d) if name.startswith(TMP_PREFIX)]
+            if d.is_dir():  # a mirror's own leftovers
+                stale += [p for p in d.iterdir() if p.name.startswith(TMP_PREFIX) and p not in stale]
         for p in stale:
-            p.unlink(missing_ok=True)
+            storage.remove(p)
         return stale
 
     def quarantine(self, path: Path) -> Path:
         """Rename an unreadable checkpoint out of every listing (kept for inspection)."""
         target = path.with_name(path.name + ".corrupt")
-        os.replace(path, target)
+        storage.rename(path, target)
         return target
 
     def prune(self, owner: Owner, keep: Optional[int]) -> None:
@@ -299,7 +345,7 @@ class RunDir:
         if keep is None:
             return
         for _, p in self.checkpoints(owner)[:-keep]:
-            p.unlink(missing_ok=True)
+            storage.remove(p)
 
     def has_checkpoints(self, labels: Iterable[int]) -> bool:
         return self.latest_checkpoint(BASELINE) is not None or any(self.latest_checkpoint(k) for k in labels)
@@ -352,10 +398,10 @@ class RunDir:
 
 
 def _numbered(directory: Path, pattern: re.Pattern) -> list[tuple[int, Path]]:
-    """(step, path) of the files in `directory` whose names `pattern` matches, oldest first."""
-    if not directory.is_dir():
-        return []
-    return sorted((int(m.group(1)), p) for p in directory.iterdir() if (m := pattern.match(p.name)))
+    """(step, path) of the files in `directory` whose names `pattern` matches, oldest first (listed
+    on the store for a stored run: other nodes write there)."""
+    return sorted((int(m.group(1)), directory / name) for name in storage.listdir(directory)
+                  if (m := pattern.match(name)))
 
 
 def _meta_or_none(path: Path) -> Optional[dict]:
@@ -377,7 +423,7 @@ class History:
     def __init__(self, path: str | os.PathLike, keep_up_to: int = 0):
         self.path = Path(path)
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        if self.path.exists():
+        if storage.pull(self.path):
             with self.path.open(newline="") as f:
                 rows = [r for r in csv.DictReader(f) if int(r["step"]) <= keep_up_to]
             atomic_write(self.path, lambda out: out.write(_csv_text(rows, header=True).encode()))
@@ -386,6 +432,7 @@ class History:
         header = not self.path.exists() or self.path.stat().st_size == 0
         with self.path.open("a", newline="") as f:
             f.write(_csv_text([row], header=header))
+        storage.push(self.path)
 
 
 def _csv_text(rows: list[dict], header: bool) -> str:

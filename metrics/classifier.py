@@ -23,6 +23,7 @@ from torch import nn
 
 from core.config import DatasetConfig
 from core.rundir import load_checkpoint, save_checkpoint
+from core.storage import local_path, pull
 from workers.data import describe, load_split
 
 logger = logging.getLogger(__name__)
@@ -132,7 +133,7 @@ class TrainedClassifier:
 
 
 def classifier_cache_path(storage: str | os.PathLike, dataset: str, image_size: int) -> Path:
-    return Path(storage) / CLASSIFIER_DIRNAME / f"{dataset}-{image_size}px.pt"
+    return local_path(storage) / CLASSIFIER_DIRNAME / f"{dataset}-{image_size}px.pt"
 
 
 def _classifier_meta(dataset_cfg: DatasetConfig, image_size: int, max_per_label: Optional[int]) -> dict:
@@ -259,7 +260,7 @@ def get_classifier(dataset_cfg: DatasetConfig, storage: str | os.PathLike, image
     device = torch.device(device) if device is not None else default_device()
     path = classifier_cache_path(storage, dataset_cfg.name, image_size)
     meta = _classifier_meta(dataset_cfg, image_size, max_per_label)
-    if path.is_file() and not retrain:
+    if not retrain and pull(path):
         try:
             blob = load_checkpoint(path)
         except Exception as err:  # truncated by a crash before the atomic rename existed, or foreign

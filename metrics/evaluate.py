@@ -12,7 +12,6 @@ import logging
 import math
 import os
 import time
-from pathlib import Path
 from typing import Optional
 
 import pandas as pd
@@ -20,6 +19,7 @@ import torch
 
 from core.config import Config, load_config
 from core.rundir import CheckpointRef, RunDir, checkpoint_meta, write_csv, write_text
+from core.storage import local_path
 from metrics.classifier import single_thread_if_tiny
 from metrics.features import build_feature_space
 from metrics.grid import save_run_grid
@@ -94,7 +94,7 @@ def evaluate_run(run_dir: str | os.PathLike, cfg: Optional[Config] = None,
     t0 = time.perf_counter()
     if cfg is None:
         cfg = load_config(run.config)
-    storage = Path(storage) if storage is not None else run.path.resolve().parent
+    storage = local_path(storage) if storage is not None else run.path.absolute().parent
     info = describe(cfg.dataset, check_files=False)
     ckpts = run.snapshots_by_label(info.labels)
     if not ckpts:
@@ -167,7 +167,7 @@ def evaluate_run(run_dir: str | os.PathLike, cfg: Optional[Config] = None,
         "seconds": round(time.perf_counter() - t0, 2),
     }
     write_text(run.metrics_json, json.dumps(meta, indent=2))
-    if not run.grid.is_file():
+    if not run.has(run.grid):
         save_run_grid(run)
     report = render_report(run.path)
     final = results[(results["eval"] == "final") & (results["label"] == "all")].set_index("metric")["value"]
@@ -179,7 +179,7 @@ def evaluate_run(run_dir: str | os.PathLike, cfg: Optional[Config] = None,
 def precompute_reference(cfg: Config, device: Optional[str | torch.device] = None) -> ReferenceCache:
     """`wcgan reference`: the feature space (training the classifier if it is the one) and every
     label's real features of both splits, cached under run.storage for the runs that follow."""
-    storage = Path(cfg.run.storage)
+    storage = local_path(cfg.run.storage)
     info = describe(cfg.dataset, check_files=False)
     space = build_feature_space(cfg, storage, image_size=info.image_size, device=device)
     m = cfg.metrics

@@ -24,6 +24,7 @@ import torch
 
 from core.config import DatasetConfig
 from core.rundir import load_checkpoint, save_checkpoint, write_text
+from core.storage import exists, local_path, pull
 from metrics.inception import cached_sha256
 
 logger = logging.getLogger(__name__)
@@ -53,7 +54,7 @@ class ReferenceCache:
     def __init__(self, storage: str | os.PathLike, key: dict):
         self.key = key
         digest = hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:16]
-        self.dir = Path(storage) / REFERENCE_DIRNAME / f"{key['dataset']}-{key['image_size']}px-{key['feature_space']}-{digest}"
+        self.dir = local_path(storage) / REFERENCE_DIRNAME / f"{key['dataset']}-{key['image_size']}px-{key['feature_space']}-{digest}"
         self.hits = self.misses = 0
 
     def path(self, split: str, label: int) -> Path:
@@ -62,7 +63,7 @@ class ReferenceCache:
     def get(self, split: str, label: int, compute: Callable[[], dict[str, torch.Tensor]]) -> dict[str, torch.Tensor]:
         """The cached outputs, or `compute()`'s, stored for next time (atomically)."""
         path = self.path(split, label)
-        if path.is_file():
+        if pull(path):
             try:
                 blob = load_checkpoint(path)  # ours, written below; read weights-only
                 self.hits += 1
@@ -71,7 +72,7 @@ class ReferenceCache:
                 logger.warning("recomputing damaged reference features %s (%s)", path, err)
         outputs = compute()
         self.misses += 1
-        if not (self.dir / "key.json").is_file():
+        if not exists(self.dir / "key.json"):
             write_text(self.dir / "key.json", json.dumps(self.key, indent=2, sort_keys=True))
         save_checkpoint({"outputs": {k: v.contiguous() for k, v in outputs.items()}}, path)
         return outputs

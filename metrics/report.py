@@ -158,7 +158,7 @@ def _space_banner(meta: dict, results: Optional[pd.DataFrame]) -> list[str]:
 
 def render_report(run_dir: str | os.PathLike) -> Path:
     """(Re)writes run_dir/report.md and the plots from the files in the run directory; returns the report path."""
-    run = RunDir(run_dir)
+    run = RunDir(run_dir).sync()
     results = read_results(run.results_csv)
     per_label = read_table(run.per_label_csv)
     summary = read_table(run.summary_csv)

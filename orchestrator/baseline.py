@@ -16,8 +16,9 @@ from pathlib import Path
 from typing import Optional
 
 from core.config import Config, dump_config
-from core.errors import RunFailed
+from core.errors import ConfigError, RunFailed
 from core.rundir import BASELINE, RunDir, write_text
+from core.storage import is_uri, pull
 from metrics.grid import save_run_grid
 from orchestrator.cluster import alive_nodes
 from orchestrator.preflight import check_run_disk
@@ -41,9 +42,12 @@ def train_baseline(cfg: Config, run_dir: str | Path, num_workers: int, use_gpu: 
 
     if num_workers < 1:
         raise ValueError("num_workers must be >= 1")
+    if cfg.model.width == "auto":  # chosen by an ensemble's label actors timing steps; the baseline has none
+        raise ConfigError("model.width: the baseline needs a number of channels, not auto (wcgan compare gives "
+                          "it the width its ensemble chose)")
     info = describe(cfg.dataset)  # bad data fails here, before any worker starts
     check_run_disk(cfg, info.channels, info.image_size, len(info.labels), num_classes=info.num_classes)
-    run = RunDir(Path(run_dir).resolve())
+    run = RunDir(run_dir if is_uri(run_dir) else Path(run_dir).resolve())
     resources = dict(resources_per_worker or ({"CPU": 1.0, "GPU": 1.0} if use_gpu else {"CPU": 1.0}))
     if use_gpu:
         resources.setdefault("GPU", 1.0)
@@ -60,11 +64,11 @@ def train_baseline(cfg: Config, run_dir: str | Path, num_workers: int, use_gpu: 
         logger.info("baseline: resuming from %s", latest)
     trainer = TorchTrainer(
         train_loop_per_worker,
-        train_loop_config={"run_dir": str(run.path), "cfg": cfg.to_dict(), "threads": threads,
+        train_loop_config={"run_dir": run.location, "cfg": cfg.to_dict(), "threads": threads,
                            "labels": list(info.labels), "num_classes": info.num_classes},
         torch_config=TorchConfig(backend=backend),
         scaling_config=ScalingConfig(num_workers=num_workers, use_gpu=use_gpu, resources_per_worker=resources),
-        run_config=RunConfig(name="ray_train", storage_path=str(run.path),
+        run_config=RunConfig(name="ray_train", storage_path=run.location,
                              failure_config=FailureConfig(max_failures=cfg.max_restarts)),
     )
     t0 = time.monotonic()
@@ -75,6 +79,7 @@ def train_baseline(cfg: Config, run_dir: str | Path, num_workers: int, use_gpu: 
             f"baseline training failed after {cfg.max_restarts} restart(s): {str(err).strip().splitlines()[-1]}. "
             f"Checkpoints are kept in {run.owner_dir(BASELINE)}; re-running resumes from the latest."
         ) from err
+    pull(run.baseline_summary)
     summary = json.loads(run.baseline_summary.read_text())
     summary.update({"wall_s": round(time.monotonic() - t0, 3), "num_workers": num_workers,
                     "resources_per_worker": resources, "backend": backend})

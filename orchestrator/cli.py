@@ -11,12 +11,12 @@ import functools
 import logging
 import os
 import sys
-from pathlib import Path
 from typing import Optional, Sequence
 
 from core.errors import ConfigError, RunFailed
 from core.logs import configure as configure_logging
 from core.rundir import RunDir
+from core.storage import uri_of
 from orchestrator.args import add_config_args, config_from_args
 
 
@@ -40,13 +40,13 @@ def cmd_sample(args) -> int:
     from metrics.grid import save_sample_grid  # deferred: torch
     from workers.sampler import load_sampler
 
-    run = Path(args.run)
-    if not run.is_dir():
-        raise ConfigError(f"--run: run directory not found: {run}")
     if args.n < 1:
         raise ConfigError("--n: must be >= 1")
+    run = RunDir(args.run)
+    if not run.exists():
+        raise ConfigError(f"--run: run directory not found: {run.location} (no config.yaml)")
     try:
-        sampler = load_sampler(run)  # per-label ensemble or data-parallel baseline
+        sampler = load_sampler(run.path)  # per-label ensemble or data-parallel baseline
     except FileNotFoundError as err:
         raise ConfigError(f"--run: {err}") from None
     labels = _parse_labels(args.label) if args.label is not None else sampler.labels
@@ -62,8 +62,8 @@ def cmd_evaluate(args) -> int:
     from core.config import load_config
 
     run = RunDir(args.run)
-    if not run.config.is_file():
-        raise ConfigError(f"--run: {run.path} is not a wcgan run directory (no config.yaml)")
+    if not run.exists():
+        raise ConfigError(f"--run: {run.location} is not a wcgan run directory (no config.yaml)")
     load_config(run.config, args.overrides)  # a bad --set fails here, before any scoring
     address = args.address or os.environ.get("RAY_ADDRESS")
     try:
@@ -77,7 +77,7 @@ def cmd_evaluate(args) -> int:
             finalize_run(run.path, evaluate=True, overrides=args.overrides)
     except FileNotFoundError as err:
         raise ConfigError(f"--run: {err}") from None
-    print(f"wrote {run.results_csv} and {run.report}")
+    print(f"wrote {uri_of(run.results_csv)} and {uri_of(run.report)}")
     return 0
 
 
@@ -93,9 +93,10 @@ def cmd_report(args) -> int:
     from metrics.report import render_report  # deferred: matplotlib
 
     run = RunDir(args.run)
-    if not run.results_csv.is_file():
-        raise ConfigError(f"--run: {run.path} has no results.csv yet; run `wcgan evaluate --run {run.path}` first")
-    print(f"wrote {render_report(run.path)}")
+    if not run.has(run.results_csv):
+        raise ConfigError(f"--run: {run.location} has no results.csv yet; run `wcgan evaluate --run {run.location}` "
+                          "first")
+    print(f"wrote {uri_of(render_report(run.path))}")
     return 0
 
 
@@ -179,6 +180,9 @@ def build_parser() -> argparse.ArgumentParser:
     add_config_args(p)
     p.add_argument("--address", default=None, help="Ray cluster address (default: $RAY_ADDRESS, else a local Ray)")
     p.add_argument("--no-eval", action="store_true", help="train both but skip scoring (throughput columns only)")
+    p.add_argument("--regime", choices=("shared", "matched", "both"), default="both",
+                   help="shared: all labels share the devices; matched: N labels on N devices (GPUs, else whole "
+                        "CPUs), one each; both (default)")
     p.set_defaults(func=cmd_compare)
 
     p = add_parser(
@@ -202,8 +206,8 @@ def build_parser() -> argparse.ArgumentParser:
                         "cluster has GPUs, CPUs where it has none; strong mode: CPU workers unless given)")
     p.add_argument("--out", default=None, help="output directory (default runs/sweeps/<sweep id>)")
     p.add_argument("--storage", default=None,
-                   help="run.storage for the jobs, a path shared by every node and this machine "
-                        "(default <out>/runs)")
+                   help="run.storage for the jobs: an object-store URI (s3://bucket/prefix) or a path shared "
+                        "by every node and this machine (default <out>/runs)")
     p.add_argument("--id", dest="sweep_id", default=None, help="sweep id (default sweep-<timestamp>)")
     p.add_argument("--address", default=None,
                    help="Ray dashboard address for the Jobs API, e.g. http://head:8265 (default: "

@@ -23,8 +23,8 @@ meaningful with at least one CPU per label; on GPUs the shares pin CUDA devices.
 
 Without --address / $RAY_ADDRESS the sweep starts a private local Ray head (free ports,
 temp dir) and stops it at the end. Output in --out: scaling.csv, scaling.png, and one run
-directory per point under --storage (which must be a file system this machine and every
-node share: the jobs write there and the sweep reads summary.csv back).
+directory per point under --storage (an object-store URI, or a file system this machine and
+every node share: the jobs write there and the sweep reads summary.csv back).
 """
 
 from __future__ import annotations
@@ -43,7 +43,8 @@ import pandas as pd
 
 from core.config import Config, load_config
 from core.errors import ConfigError, DataError, JobError
-from core.rundir import write_csv
+from core.rundir import RunDir, write_csv
+from core.storage import is_uri, join, pull, uri_of
 from metrics.plots import plot_efficiency
 from orchestrator import jobs
 from orchestrator.args import config_path
@@ -236,17 +237,17 @@ def run_sweep(args) -> tuple[list[dict], Path]:
     if args.sweep_id is not None:
         load_config(None, [f"run.id={sweep_id}"])  # same naming rules as run ids
     out = Path(args.out or Path("runs") / "sweeps" / sweep_id).resolve()
-    storage = Path(args.storage).resolve() if args.storage else out / "runs"
+    storage = (args.storage if is_uri(args.storage) else str(Path(args.storage).resolve())) if args.storage \
+        else str(out / "runs")
     working_dir = Path(args.working_dir).resolve() if args.working_dir else jobs.REPO_ROOT
     runtime_env = jobs.load_runtime_env(args.runtime_env, working_dir)
     config_arg = _config_arg(config_file, working_dir)
     timeout_s = args.timeout_s or args.budget_s + 900
     run_ids = {p["n"]: f"{sweep_id}-{args.mode}-n{p['n']}" for p in points}
     for run_id in run_ids.values():
-        if (storage / run_id).exists():
-            raise ConfigError(f"{storage / run_id} exists: a sweep needs fresh runs; use another --id or --storage")
+        if RunDir(join(storage, run_id)).exists():
+            raise ConfigError(f"{join(storage, run_id)} exists: a sweep needs fresh runs; use another --id or --storage")
     out.mkdir(parents=True, exist_ok=True)
-    storage.mkdir(parents=True, exist_ok=True)
 
     address = args.address or os.environ.get("RAY_API_SERVER_ADDRESS") or os.environ.get("RAY_ADDRESS")
     head = None
@@ -264,7 +265,7 @@ def run_sweep(args) -> tuple[list[dict], Path]:
             n = point["n"]
             run_id = run_ids[n]
             tag = f"[{i}/{len(points)}] N={n}"
-            cmd = entrypoint(config_arg, args.overrides, point, args.steps, args.budget_s, run_id, str(storage))
+            cmd = entrypoint(config_arg, args.overrides, point, args.steps, args.budget_s, run_id, storage)
             submission_id = f"{run_id}-{uuid.uuid4().hex[:6]}"
             res = (f"{_fmt_num(point['gpus'])} GPU + " if point["gpus"] else "") + f"{point['cpus']:g} CPU"
             logger.info(f"{tag}: {len(point['labels'])} label(s) x ({res}), {args.steps} steps each; "
@@ -273,7 +274,7 @@ def run_sweep(args) -> tuple[list[dict], Path]:
             row = {"mode": args.mode, "n_workers": n, "n_labels": len(point["labels"]),
                    "gpus_per_label": point["gpus"], "cpus_per_label": point["cpus"], "steps_per_label": args.steps,
                    "steps_per_worker": round(point["steps_per_worker"], 3), "job_id": submission_id,
-                   "run_dir": str(storage / run_id)}
+                   "run_dir": join(storage, run_id)}
             try:
                 job_id = jobs.submit(client, cmd, runtime_env=dict(runtime_env), submission_id=submission_id,
                                      metadata={"wcgan_sweep": sweep_id, "n_workers": str(n)})
@@ -294,12 +295,12 @@ def run_sweep(args) -> tuple[list[dict], Path]:
                     pass
                 raise
             row["status"] = status
-            summary_path = storage / run_id / "summary.csv"
+            summary_path = RunDir(join(storage, run_id)).summary_csv
             if status == "SUCCEEDED":
-                if not summary_path.is_file():
+                if not pull(summary_path):
                     row["status"] = "NO_SUMMARY"
-                    logger.warning(f"{tag}: the job succeeded but {summary_path} is not here: --storage must be a file "
-                        f"system shared by the cluster's nodes and this machine")
+                    logger.warning(f"{tag}: the job succeeded but {uri_of(summary_path)} is not here: --storage must be "
+                        f"an object store URI or a file system shared by the cluster's nodes and this machine")
                 else:
                     row.update(point_result(args.mode, point, pd.read_csv(summary_path), args.steps))
             else:

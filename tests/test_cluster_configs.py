@@ -4,9 +4,15 @@ SLURM script are checked offline against what Ray itself accepts.
 * Launcher YAMLs: the JSON schema shipped inside Ray
   (ray/autoscaler/ray-schema.json), then Ray's own `ray up` preparation and
   validation (prepare_config + validate_config; no cloud calls).
-* KubeRay RayJob: structure, the entrypoint is a real `python -m orchestrator`
-  command line, its --config exists, the runtime env is one Ray accepts and its
-  excludes keep .git / runs / data / .venv out of the upload.
+* The `ray job submit` command in each launcher YAML's header comment is a real
+  orchestrator command line whose --set keys are real config keys.
+* KubeRay RayJobs (shared-volume and S3 variants): structure, the entrypoint is
+  a real `python -m orchestrator` command line, its --config exists, the runtime
+  env is one Ray accepts and its excludes keep .git / runs / data / .venv out of
+  the upload; run.storage is either on a volume every pod mounts or an s3:// URI.
+* The S3 variants (aws-gpu-s3.yaml, kuberay-rayjob-s3.yaml) mount no shared
+  volume and get credentials from an instance profile / a Kubernetes Secret,
+  with the environment set where Ray's worker processes inherit it.
 * SLURM: `bash -n`, the Ray recipe's pieces, and one end-to-end run of the
   script on this machine with stand-ins for srun/scontrol (a real 2-node Ray
   cluster with token authentication, a stand-in orchestrator as the driver).
@@ -35,8 +41,9 @@ from orchestrator.cli import build_parser
 
 REPO = Path(__file__).resolve().parents[1]
 CONFIGS = REPO / "cluster_configs"
-LAUNCHER_YAMLS = ["aws-gpu.yaml", "onprem.yaml"]
-RAYJOB = CONFIGS / "kuberay-rayjob.yaml"
+LAUNCHER_YAMLS = ["aws-gpu.yaml", "aws-gpu-s3.yaml", "onprem.yaml"]
+AWS_YAMLS = ["aws-gpu.yaml", "aws-gpu-s3.yaml"]
+RAYJOBS = ["kuberay-rayjob.yaml", "kuberay-rayjob-s3.yaml"]
 SBATCH = CONFIGS / "slurm.sbatch"
 
 
@@ -101,8 +108,9 @@ def test_launcher_yaml_keeps_token_auth_and_ships_the_repo(name):
     assert ".gitignore" in cfg["rsync_filter"]
 
 
-def test_aws_yaml_gpu_workers_and_cpu_head():
-    cfg = load_yaml("aws-gpu.yaml")
+@pytest.mark.parametrize("name", AWS_YAMLS)
+def test_aws_yaml_gpu_workers_and_cpu_head(name):
+    cfg = load_yaml(name)
     assert cfg["provider"]["type"] == "aws"
     types = cfg["available_node_types"]
     head = types[cfg["head_node_type"]]
@@ -111,6 +119,41 @@ def test_aws_yaml_gpu_workers_and_cpu_head():
     assert workers and all(v["resources"].get("GPU", 0) >= 1 for v in workers.values())
     assert sum(v.get("max_workers", 0) for v in workers.values()) <= cfg["max_workers"]
     assert all(v.get("min_workers", 0) == 0 for v in workers.values())
+
+
+def header_submit_argv(name: str) -> list[str]:
+    """The orchestrator arguments of the `ray job submit ... -- python -m orchestrator ...`
+    command in a launcher YAML's header comment (backslash continuations joined)."""
+    header = []
+    for line in (CONFIGS / name).read_text().splitlines():
+        if not line.startswith("#"):
+            break
+        header.append(line[1:].strip())
+    start = next(i for i, l in enumerate(header) if l.startswith("ray job submit"))
+    parts = []
+    for line in header[start:]:
+        parts.append(line.rstrip("\\").strip())
+        if not line.endswith("\\"):
+            break
+    argv = shlex.split(" ".join(parts))
+    argv = argv[argv.index("--") + 1:]
+    assert argv[:3] == ["python", "-m", "orchestrator"], argv
+    return argv[3:]
+
+
+def set_overrides(argv: list[str]) -> dict[str, str]:
+    return dict(argv[i + 1].split("=", 1) for i, a in enumerate(argv) if a == "--set")
+
+
+@pytest.mark.parametrize("name", LAUNCHER_YAMLS)
+def test_launcher_yaml_header_submit_command_is_valid(name):
+    argv = header_submit_argv(name)
+    assert argv[0] in subcommands(), argv
+    build_parser().parse_args(argv)  # exits (fails the test) on unknown flags
+    config = argv[argv.index("--config") + 1]
+    overrides = [argv[i + 1] for i, a in enumerate(argv) if a == "--set"]
+    assert "run.storage" in set_overrides(argv), "say where the runs go"
+    load_config(str(REPO / config), overrides)  # the --set keys are real config keys
 
 
 def test_onprem_yaml_is_a_local_ssh_cluster():
@@ -127,11 +170,26 @@ def test_onprem_yaml_is_a_local_ssh_cluster():
 # --------------------------------------------------------------------------
 # KubeRay RayJob
 # --------------------------------------------------------------------------
-@pytest.fixture(scope="module")
-def rayjob() -> dict:
-    docs = [d for d in yaml.safe_load_all(RAYJOB.read_text()) if d]
+@pytest.fixture(scope="module", params=RAYJOBS)
+def rayjob(request) -> dict:
+    docs = [d for d in yaml.safe_load_all((CONFIGS / request.param).read_text()) if d]
     assert len(docs) == 1
     return docs[0]
+
+
+def pod_specs(rayjob) -> list[dict]:
+    """The head's pod spec, then each worker group's."""
+    cluster = rayjob["spec"]["rayClusterSpec"]
+    return [cluster["headGroupSpec"]["template"]["spec"]] + [
+        g["template"]["spec"] for g in cluster["workerGroupSpecs"]]
+
+
+def mount_paths(spec: dict) -> set[str]:
+    return {m["mountPath"] for c in spec["containers"] for m in c.get("volumeMounts", [])}
+
+
+def under_any(path: str, roots) -> bool:
+    return any(path == r or path.startswith(r.rstrip("/") + "/") for r in roots)
 
 
 def entrypoint_argv(rayjob) -> list[str]:
@@ -158,8 +216,12 @@ def test_rayjob_entrypoint_config_exists_and_loads(rayjob):
     assert config.startswith("experiments/"), config
     assert (REPO / config).is_file(), f"{config} not found in the repo"
     overrides = [argv[i + 1] for i, a in enumerate(argv) if a == "--set"]
-    assert any(o.startswith("run.storage=/mnt/wcgan/") for o in overrides), \
-        "run.storage must be on the volume every pod mounts"
+    storage = set_overrides(argv)["run.storage"]
+    if "://" in storage:
+        assert storage.startswith(("s3://", "gs://")) and storage.split("://", 1)[1].strip("/"), storage
+    else:  # a path: on a volume every pod mounts (the shared-volume variant)
+        assert all(under_any(storage, mount_paths(spec)) for spec in pod_specs(rayjob)), \
+            f"run.storage={storage} must be on a volume every pod mounts"
     load_config(str(REPO / config), overrides)  # the --set keys are real config keys
 
 
@@ -196,11 +258,83 @@ def test_rayjob_cluster_has_cpu_head_and_gpu_workers(rayjob):
     # The image's Ray version must be the rayVersion KubeRay is told about.
     images = [head["image"]] + [c["image"] for g in groups for c in g["template"]["spec"]["containers"]]
     assert all(f":{cluster['rayVersion']}" in img for img in images), images
-    # run.storage is a volume every pod mounts.
-    mounts = lambda spec: {m["mountPath"] for c in spec["containers"] for m in c.get("volumeMounts", [])}
-    storage_root = "/mnt/wcgan"
-    assert storage_root in mounts(cluster["headGroupSpec"]["template"]["spec"])
-    assert all(storage_root in mounts(g["template"]["spec"]) for g in groups)
+    # Every mount names a volume of its pod.
+    for spec in pod_specs(rayjob):
+        volumes = {v["name"] for v in spec.get("volumes", [])}
+        for c in spec["containers"]:
+            for m in c.get("volumeMounts", []):
+                assert m["name"] in volumes, f"{c['name']} mounts undefined volume {m['name']!r}"
+
+
+# --------------------------------------------------------------------------
+# The object-store (S3) variants
+# --------------------------------------------------------------------------
+CREDENTIAL_KEYS = ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY")
+
+
+def test_s3_rayjob_mounts_no_shared_volume_and_reads_keys_from_a_secret():
+    docs = [d for d in yaml.safe_load_all((CONFIGS / "kuberay-rayjob-s3.yaml").read_text()) if d]
+    job = docs[0]
+    argv = shlex.split(job["spec"]["entrypoint"])
+    sets = set_overrides(argv)
+    assert sets["run.storage"].startswith("s3://"), sets
+    for spec in pod_specs(job):
+        # Only the pod's own scratch space: no PVC, NFS, hostPath, CSI ...
+        for v in spec.get("volumes", []):
+            assert set(v) == {"name", "emptyDir"}, f"shared/non-local volume {v}"
+        scratch = mount_paths(spec) - {"/dev/shm"}
+        for c in spec["containers"]:
+            env = {e["name"]: e for e in c.get("env", [])}
+            # Keys from a Secret, never literal values in the manifest.
+            secrets = set()
+            for key in CREDENTIAL_KEYS:
+                assert key in env, f"{c['name']}: {key} not set"
+                ref = env[key]["valueFrom"]["secretKeyRef"]
+                assert "value" not in env[key] and ref["key"] == key
+                secrets.add(ref["name"])
+            assert len(secrets) == 1, f"{c['name']}: keys from several Secrets {secrets}"
+            assert env["AWS_DEFAULT_REGION"]["value"]
+            # The mirror and the data set on the pod's own disk.
+            assert under_any(env["WCGAN_CACHE_DIR"]["value"], scratch), env["WCGAN_CACHE_DIR"]
+        assert under_any(sets["dataset.root"], scratch), sets["dataset.root"]
+    assert sets.get("dataset.download") == "true"
+    # pyarrow is the S3 client of run.storage.
+    pip = yaml.safe_load(job["spec"]["runtimeEnvYAML"])["pip"]
+    assert any(p.startswith("pyarrow") for p in pip), pip
+
+
+def test_s3_launcher_yaml_mounts_nothing_and_uses_an_instance_profile():
+    cfg = load_yaml("aws-gpu-s3.yaml")
+    text = (CONFIGS / "aws-gpu-s3.yaml").read_text()
+    sets = set_overrides(header_submit_argv("aws-gpu-s3.yaml"))
+    assert sets["run.storage"].startswith("s3://"), sets
+    # No shared file system: no bind mounts into the container, nothing mounted on the VM.
+    docker = cfg["docker"]
+    options = [o for key in ("run_options", "head_run_options", "worker_run_options")
+               for o in docker.get(key, [])]
+    assert not any(o.startswith(("-v ", "--volume", "--mount")) for o in options), options
+    init = cfg.get("initialization_commands", []) + [
+        c for t in cfg["available_node_types"].values() for c in t.get("initialization_commands", [])]
+    assert not any("mount" in c or "nfs" in c or "efs" in c.lower() for c in init), init
+    # Credentials from an instance profile on every worker type (the head gets Ray's
+    # default profile, or its own), never static keys in the file.
+    head = cfg["head_node_type"]
+    for name, node_type in cfg["available_node_types"].items():
+        if name != head:
+            arn = node_type["node_config"]["IamInstanceProfile"]["Arn"]
+            assert arn.startswith("arn:aws:iam::") and ":instance-profile/" in arn, arn
+    for key in CREDENTIAL_KEYS:
+        assert key not in text
+    # The environment reaches every Ray worker: `docker run -e` on all nodes (the
+    # container's environment, inherited by `ray start` and what the raylet spawns).
+    env = {o.split()[1].split("=", 1)[0]: o.split()[1].split("=", 1)[1]
+           for o in docker["run_options"] if o.startswith("-e ")}
+    assert env.get("AWS_DEFAULT_REGION")
+    assert env.get("WCGAN_CACHE_DIR", "").startswith("/")
+    # The data set is on each node's own disk, fetched by setup_commands on every node.
+    assert sets["dataset.root"].startswith("/") and sets.get("dataset.download") == "true"
+    assert any(sets["dataset.root"] in c for c in cfg["setup_commands"]), \
+        "setup_commands should fetch the data set into dataset.root"
 
 
 # --------------------------------------------------------------------------

@@ -21,6 +21,7 @@ from torch import nn
 
 from core.config import ModelConfig
 from core.rundir import RunDir, load_checkpoint
+from core import storage
 from workers.models import build_models
 
 
@@ -126,8 +127,8 @@ def load_sampler(run_dir: str | Path, device: str | torch.device = "cpu") -> Sam
     Read from the run's newest snapshots (generator only); a run written before snapshots
     existed is read from its full checkpoints."""
     run = RunDir(run_dir)
-    if not run.path.is_dir():
-        raise FileNotFoundError(f"run directory not found: {run.path}")
+    if not storage.is_dir(run.path):
+        raise FileNotFoundError(f"run directory not found: {run.location}")
     latest = run.latest_snapshots()
     if not latest:
         raise FileNotFoundError(f"{run.path}: no models under labels/*/snapshots/, labels/*/ckpt-*.pt, "
