@@ -83,14 +83,25 @@ class DatasetConfig(_Section):
 
 class ModelConfig(_Section):
     z_dim: int = Field(default=128, ge=1, le=4096)
-    # Channels of the widest-resolution layer; deeper layers double it up to 8x.
-    width: int = Field(default=64, ge=4, le=1024)
+    # Channels of the widest-resolution layer; deeper layers double it up to 8x. auto: before the
+    # budget clocks start, the label actors time a ladder of widths on their devices and the run takes
+    # the widest whose projected generator steps reach the minimum for the resolution (recorded in
+    # the run's config.yaml, so a resume reuses it).
+    width: Union[Literal["auto"], int] = 64
     # Keep an exponential moving average of the generator's weights (decay min(0.999, (1+t)/(10+t))
     # at step t) and sample and score it instead of the last weights.
     ema: bool = False
     # A generator larger than this is refused before anything starts (a 375 px folder image once
     # asked for 1.15 billion parameters); raise it deliberately for large models.
     max_parameters: int = Field(default=200_000_000, ge=1)
+
+    @field_validator("width", mode="before")
+    @classmethod
+    def _auto_or_channels(cls, v):
+        # One message for both forms (a Union would report each of its branches).
+        if v == "auto" or (isinstance(v, int) and not isinstance(v, bool) and 4 <= v <= 1024):
+            return v
+        raise ValueError("must be 'auto' or a whole number of channels in [4, 1024]")
 
 
 class TrainConfig(_Section):

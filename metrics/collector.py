@@ -21,6 +21,7 @@ from typing import Optional
 from core.devices import hide_unassigned_gpus, visible_gpus
 from core.logs import configure as configure_logging
 from core.rundir import RunDir, checkpoint_meta, write_text
+from workers.preflight import record_width, recorded_width
 
 logger = logging.getLogger(__name__)
 
@@ -35,7 +36,11 @@ class Collector:
         self.ready: set[int] = set()
         self.failed: set[int] = set()
         self._all_ready: Optional[asyncio.Event] = None  # made in the actor's event loop
-        self.opened = self.run.started.exists()  # a restart after the start line opened
+        self.opened = self.run.has(self.run.started)  # a restart after the start line opened
+        # model.width auto: each label's actor's pick, and the run's width once chosen (kept in config.yaml).
+        self.width_picks: dict[int, int] = {}
+        self.width: Optional[int] = recorded_width(self.run)
+        self._width_chosen: Optional[asyncio.Event] = None
 
     def _restored_state(self, label: int) -> dict:
         latest = self.run.latest_checkpoint(label)
@@ -69,6 +74,7 @@ class Collector:
         self.failed.add(label)
         self.state[label] = {**self.state.get(label, {}), "state": "failed", "error": error}
         self._maybe_open()
+        self._maybe_choose_width()
 
     # ------------------------------------------------------------- the start line
 
@@ -92,6 +98,31 @@ class Collector:
                 logger.warning("could not record the opened start line in %s (%s)", self.run.started, err)
         if self.opened and self._all_ready is not None:
             self._all_ready.set()
+
+    # ------------------------------------------------------------- model.width: auto
+
+    async def agree_width(self, labels: list[int], pick: int) -> int:
+        """The run's width, once every label's actor has said its pick (the widest width whose projection
+        reaches the minimum there) or failed: the narrowest pick, so the slowest actor's labels reach it too.
+        Recorded in config.yaml before anyone hears it, so restarts (of actors or of this collector) reuse it."""
+        if self._width_chosen is None:
+            self._width_chosen = asyncio.Event()
+        self.width_picks.update({k: int(pick) for k in labels})
+        self._maybe_choose_width()
+        if self.width is None:
+            await self._width_chosen.wait()
+        return self.width
+
+    def _maybe_choose_width(self) -> None:
+        if self.width is None and self.width_picks and len(set(self.width_picks) | self.failed) >= len(self.labels):
+            width = min(self.width_picks.values())
+            try:
+                record_width(self.run, width)
+            except OSError as err:  # a storage hiccup: this session goes on; a restarted actor would time again
+                logger.warning("could not record model.width=%d in %s (%s)", width, self.run.config, err)
+            self.width = width
+        if self.width is not None and self._width_chosen is not None:
+            self._width_chosen.set()
 
     # ------------------------------------------------------------- queries
 

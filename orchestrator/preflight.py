@@ -18,6 +18,8 @@ from pathlib import Path
 from typing import Optional
 
 from core.errors import ConfigError
+from core.storage import StorageError, check_remote, is_remote, local_path
+from workers.preflight import candidate_widths, largest_model, min_generator_steps
 
 logger = logging.getLogger(__name__)
 
@@ -42,8 +44,15 @@ def check_storage(storage: str | os.PathLike) -> None:
 
     Writability is probed by creating an unnamed temporary file (O_TMPFILE where supported), not
     with os.access: that is True for root even on some file systems that refuse root's writes.
+    A store URI is probed with a small object (a bad bucket or missing credentials fails here,
+    before any actor starts), and then its local mirror like any folder.
     """
-    storage = Path(storage).expanduser().absolute()
+    if is_remote(storage):
+        try:
+            check_remote(str(storage))
+        except StorageError as err:
+            raise ConfigError(str(err)) from None
+    storage = local_path(storage).absolute()
     found = _nearest_existing(storage)
     if found.is_symlink() and not found.exists():
         raise ConfigError(f"run.storage: {found} is a symlink to {os.readlink(found)}, which does not exist")
@@ -71,9 +80,11 @@ class DiskEstimate:
     snapshots: int           # per owner, all kept
     checkpoints: int         # per owner at most at once: keep_checkpoints + the one being written
     total_bytes: int         # everything, with the margin and the run's other files
+    width: Optional[int] = None  # model.width auto: the width sized at, the widest the run may choose
 
     def describe(self) -> str:
-        return (f"{_human(self.total_bytes)}: {self.owners} x ({self.snapshots} snapshot(s) x "
+        return (f"{_human(self.total_bytes)}{f' at model.width {self.width}' if self.width else ''}: "
+                f"{self.owners} x ({self.snapshots} snapshot(s) x "
                 f"{_human(self.snapshot_bytes)} + {self.checkpoints} checkpoint(s) x {_human(self.checkpoint_bytes)}), "
                 f"+{round((_MARGIN - 1) * 100)}% and {_human(_RUN_FILES_BYTES)} for the other files")
 
@@ -95,8 +106,9 @@ def _state_sizes(module) -> tuple[int, int, int, int]:
 
 
 def estimate_disk(cfg, channels: int, image_size: int, n_labels: int,
-                  num_classes: Optional[int] = None) -> DiskEstimate:
-    """What a run's snapshots and checkpoints take on disk, at most, from its config and data shape.
+                  num_classes: Optional[int] = None, width: Optional[int] = None) -> DiskEstimate:
+    """What a run's snapshots and checkpoints take on disk, at most, from its config and data shape
+    (at `width` when given; model.width auto: at its widest candidate).
 
     The networks are built on torch's "meta" device (shapes, no memory), so this is cheap for any
     size. `num_classes` estimates the data-parallel baseline instead: one conditional pair.
@@ -105,8 +117,10 @@ def estimate_disk(cfg, channels: int, image_size: int, n_labels: int,
 
     from workers.models import build_models
 
+    model = cfg.model if width is None else cfg.model.model_copy(update={"width": width})
     with torch.device("meta"):
-        generator, critic = build_models(cfg.model, channels, image_size, num_classes)
+        generator, critic = build_models(largest_model(model, channels, image_size), channels, image_size,
+                                         num_classes)
     g_bytes, g_tensors, g_param_bytes, g_params = _state_sizes(generator)
     d_bytes, d_tensors, d_param_bytes, d_params = _state_sizes(critic)
     copies = 2 if cfg.model.ema else 1  # the generator and its moving average
@@ -127,7 +141,7 @@ def estimate_disk(cfg, channels: int, image_size: int, n_labels: int,
     owners = 1 if num_classes is not None else n_labels
     models = owners * (snaps * snapshot + kept * checkpoint)
     total = int(models * _MARGIN) + _RUN_FILES_BYTES
-    return DiskEstimate(owners, snapshot, checkpoint, snaps, kept, total)
+    return DiskEstimate(owners, snapshot, checkpoint, snaps, kept, total, width)
 
 
 def estimate_run_bytes(cfg, channels: int, image_size: int, n_labels: int,
@@ -138,7 +152,7 @@ def estimate_run_bytes(cfg, channels: int, image_size: int, n_labels: int,
 
 def free_bytes(storage: str | os.PathLike) -> int:
     """Free space for this process on the file system that holds (or will hold) `storage`."""
-    return shutil.disk_usage(_nearest_existing(Path(storage).expanduser().absolute())).free
+    return shutil.disk_usage(_nearest_existing(local_path(storage).absolute())).free
 
 
 def check_free_space(storage: str | os.PathLike, need_bytes: int, what: str = "") -> None:
@@ -155,29 +169,26 @@ def check_free_space(storage: str | os.PathLike, need_bytes: int, what: str = ""
 
 def check_run_disk(cfg, channels: int, image_size: int, n_labels: int,
                    num_classes: Optional[int] = None) -> DiskEstimate:
-    """Estimate a run's disk use, log it, and refuse it (ConfigError) when run.storage lacks the space."""
-    est = estimate_disk(cfg, channels, image_size, n_labels, num_classes)
-    logger.info("disk: this run writes up to %s to %s (%s free)", est.describe(), cfg.run.storage,
-                _human(free_bytes(cfg.run.storage)))
+    """Estimate a run's disk use, log it, and refuse it (ConfigError) when run.storage lacks the space.
+
+    model.width auto: at the widest candidate width whose run fits (its `width`, which caps the label
+    actors' choice), refused only when not even the narrowest does."""
+    free = free_bytes(cfg.run.storage)
+    auto = cfg.model.width == "auto" and num_classes is None
+    for width in reversed(candidate_widths(cfg.model, channels, image_size)) if auto else [None]:
+        est = estimate_disk(cfg, channels, image_size, n_labels, num_classes, width)
+        if est.total_bytes <= free:
+            break
+    logger.info("disk: this run writes up to %s to %s (%s free)", est.describe(), cfg.run.storage, _human(free))
     check_free_space(cfg.run.storage, est.total_bytes, est.describe())
     return est
 
 
 # ------------------------------------------------------------------ what the budget buys
 
-# Generator steps below which a label's samples are still mostly noise, by image size. Rough
-# guidance from this project's runs and WGAN-GP's schedules (Gulrajani et al. train 100k+):
-# digits 8x8 reach class accuracy ~0.9 with ~300 steps; a 28x28 folder with 8 steps gave noise.
-MIN_STEPS = ((16, 200), (32, 1000), (64, 2000))
-MIN_STEPS_LARGER = 4000
-
-
-def min_generator_steps(image_size: int) -> int:
-    return next((steps for size, steps in MIN_STEPS if image_size <= size), MIN_STEPS_LARGER)
-
-
 def budget_projection(progress: dict[int, dict], cfg, image_size: int) -> Optional[tuple[str, bool]]:
-    """(message, too few) from the labels' pre-flight step times, or None before they are known."""
+    """(message, too few) from the labels' pre-flight step times, or None before they are known.
+    With model.width auto it names the width the actors chose (reported with their projections)."""
     alive = [s for s in progress.values() if s.get("state") != "failed"]
     if not alive or any(s.get("projected_steps") is None for s in alive):
         return None  # not every label has timed its steps yet
@@ -186,14 +197,18 @@ def budget_projection(progress: dict[int, dict], cfg, image_size: int) -> Option
     low, mid, high = projected[0], projected[len(projected) // 2], projected[-1]
     need = min_generator_steps(image_size)
     budget = cfg.train.budget_s
-    msg = (f"pre-flight: {budget:g}s buys about {low}/{mid}/{high} generator steps per label (min/median/max "
-           f"over {len(projected)} labels)")
+    auto = cfg.model.width == "auto"
+    chosen = "/".join(sorted({str(s.get("width")) for s in alive})) if auto else None
+    msg = (f"pre-flight: {f'model.width auto chose {chosen}; ' if auto else ''}{budget:g}s buys about "
+           f"{low}/{mid}/{high} generator steps per label (min/median/max over {len(projected)} labels)")
     if low >= need:
-        return msg, False
+        return msg + (f", at least the {need} that {image_size}px images need" if auto else ""), False
     step_s = max(float(s.get("step_s") or 0.0) for s in progress.values())
     longer = math.ceil(need * step_s / 10) * 10 if step_s else None
-    return (f"{msg}: fewer than the {need} that {image_size}px images need for usable samples. Lower "
-            f"model.width (now {cfg.model.width}; the cost grows about with its square)"
-            + (f", give train.budget_s={longer:g} or more" if longer else "")
-            + ", or put fewer labels on each device (more GPUs or CPUs per label)"), True
-
+    # auto already took the widest width that reaches the minimum, else the narrowest candidate.
+    fixes = ([] if auto else [f"lower model.width (now {cfg.model.width}; the cost grows about with its square)"]) \
+        + ([f"give train.budget_s={longer:g} or more"] if longer else []) \
+        + ["put fewer labels on each device (more GPUs or CPUs per label)"]
+    fix = ", ".join(fixes[:-1]) + ", or " + fixes[-1] if len(fixes) > 1 else fixes[0]
+    return f"{msg}: fewer than the {need} that {image_size}px images need for usable samples. " \
+           f"{fix[0].upper()}{fix[1:]}", True
