@@ -119,10 +119,10 @@ def plot_per_class(per_label: pd.DataFrame, path: str | Path, max_labels: int = 
     return save_figure(fig, path)
 
 
-def plot_fid_vs_time(results: Mapping[str, Optional[pd.DataFrame]], path: Path) -> Optional[Path]:
-    """FID of each method against training time, one line each, with the real floor: `wcgan compare`'s plot."""
-    fig, ax = plt.subplots(figsize=(7, 4.5))
-    drawn, title, floor_drawn = False, "FID", False
+def _fid_panel(ax, title: str, results: Mapping[str, Optional[pd.DataFrame]]) -> bool:
+    """One line per method (the same colour for a method in every panel) and the real floor; False when
+    nothing was scored."""
+    drawn, floor_drawn, space = False, False, ""
     for i, (method, res) in enumerate(results.items()):
         if res is None or res.empty:
             continue
@@ -131,21 +131,31 @@ def plot_fid_vs_time(results: Mapping[str, Optional[pd.DataFrame]], path: Path) 
             continue
         ax.plot(sel["eval_time_s"], sel["value"], "o-", color=f"C{i}",
                 label=f"{method} ({int(sel['n_fake'].iloc[-1])} generated)")
-        drawn = True
-        title = f"FID ({space_label(sel['feature_space'].iloc[-1], sel['classifier_accuracy'].iloc[-1])})"
+        space = f"FID ({space_label(sel['feature_space'].iloc[-1], sel['classifier_accuracy'].iloc[-1])})"
         floor = value(res, "real_floor", "fid")
         if floor is not None and not floor_drawn:
             ax.axhline(float(floor["value"]), color="gray", ls="--",
                        label=f"real floor {float(floor['value']):.3g} (train vs held-out)")
             floor_drawn = True
-    if not drawn:
-        plt.close(fig)
-        return None
-    ax.set_title(title + "\nsame budget, same devices, same feature space", fontsize=9)
+        drawn = True
+    ax.set_title(f"{title}\n{space or 'not scored'}", fontsize=9)
     ax.set_xlabel("training wall-clock time (s)")
     ax.set_ylabel("FID (lower is better)")
     ax.grid(alpha=0.3)
-    ax.legend(fontsize=8)
+    if drawn:
+        ax.legend(fontsize=8)
+    return drawn
+
+
+def plot_fid_vs_time(panels: Mapping[str, Mapping[str, Optional[pd.DataFrame]]], path: Path) -> Optional[Path]:
+    """`wcgan compare`'s figure: FID against training time, one panel per regime (titled by its key),
+    one line per method, each panel with its real floor (the regimes' label sets differ)."""
+    fig, axes = plt.subplots(1, len(panels), figsize=(6.5 * len(panels), 4.5), squeeze=False)
+    drawn = [_fid_panel(ax, title, results) for ax, (title, results) in zip(axes[0], panels.items())]
+    if not any(drawn):
+        plt.close(fig)
+        return None
+    fig.suptitle("same budget, same devices, same feature space within each panel", fontsize=9)
     return save_figure(fig, path)
 
 

@@ -1,4 +1,6 @@
-"""The data-parallel conditional baseline (issue 4): models, label routing, Ray Train end to end, compare."""
+"""The data-parallel conditional baseline (issue 4): models, label routing, Ray Train end to end, its plan.
+
+`wcgan compare` itself is tested in test_compare.py."""
 
 from __future__ import annotations
 
@@ -171,7 +173,7 @@ def test_baseline_resumes_from_its_latest_checkpoint(baseline_run, tmp_path):
     assert again["restarts"] == 1
 
 
-# ------------------------------------------------------------------ wcgan compare
+# ------------------------------------------------------------------ the baseline's plan
 
 def test_plan_baseline_holds_the_ensembles_resources():
     from orchestrator.resources import ResourcePlan, plan_baseline
@@ -186,35 +188,6 @@ def test_plan_baseline_holds_the_ensembles_resources():
     assert p.num_workers == 2 and p.resources_per_worker["GPU"] > 0.5
     p = plan_baseline(ResourcePlan(10, 0.1, 1.6, "PACK"))  # 10 labels sharing 1 GPU
     assert (p.num_workers, p.resources_per_worker) == (1, {"GPU": 1.0, "CPU": 16.0})
-
-
-def test_compare_writes_both_rows_and_every_column(ray_local, tmp_path):
-    from orchestrator.compare import COMPARISON_COLUMNS, compare
-
-    cfg = small_config(tmp_path / "runs", "train.budget_s=4", "train.checkpoint_every_s=1.5",
-                       "metrics.enabled=true", "metrics.feature_extractor=classifier",
-                       "metrics.samples_per_label=40", "metrics.every_s=2", "metrics.kid_subsets=10",
-                       "metrics.is_splits=2", "run.id=cmp")
-    result = compare(cfg)
-    d = result.compare_dir
-    assert d == (tmp_path / "runs" / "cmp").resolve()
-    table = pd.read_csv(d / "comparison.csv")
-    assert list(table["method"]) == ["ensemble", "baseline"]
-    assert set(COMPARISON_COLUMNS) <= set(table.columns)
-    for col in COMPARISON_COLUMNS:
-        assert table[col].notna().all(), col
-    assert (table["feature_space"] == "classifier").all()
-    assert (table["n_fake"] == 3 * 40).all()
-    assert (table["budget_s"] == 4).all()
-    # Same devices: 3 labels x 0.6666 CPU against 2 workers x 1 CPU, for about the same time.
-    ds = table.set_index("method")["device_seconds"]
-    assert ds["baseline"] == pytest.approx(ds["ensemble"], rel=0.35)
-    for f in ("fid_vs_time.png", "report.md", "ensemble/results.csv", "baseline/results.csv",
-              "ensemble/report.md", "baseline/report.md", "baseline/baseline/history.csv"):
-        assert (d / f).is_file(), f
-    report = (d / "report.md").read_text()
-    assert "classifier space" in report and "| ensemble |" in report and "| baseline |" in report
-    assert len(list((d / "_classifiers").glob("*.pt"))) == 1  # one feature space for both
 
 
 def test_cli_sample_on_a_baseline_run(baseline_run, tmp_path, capsys):
