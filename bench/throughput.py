@@ -4,9 +4,12 @@ model, batch, thread count and niceness, and the two alternate so machine noise 
 1. One label: a label actor (`wcgan train` of one label) against one bare process, `--reps`
    times alternated; medians and their ratio (target >= 0.98).
 2. Many labels: N label actors (one run of N labels) against N bare processes started
-   together (N = 10, the demo's), summed steps/s; medians and the ratio (target >= 0.95).
-3. Start-up: command -> every label's first step for the 10-label demo, broken into Ray
-   start, actor processes up, data loaded and first step.
+   together (N = 10, the demo's), summed steps/s; medians and the ratio (target >= 0.95);
+   and the same N labels in the default (auto) layout, which on CPUs packs them one actor
+   per core.
+3. Start-up: command -> every label's first step for the 10-label demo, in the auto layout
+   and with one actor per label, with the driver's breakdown (driver start, Ray start,
+   actor processes up, data loaded, start line and pre-flight).
 
 Run: `make bench` (or `python bench/throughput.py --reps 5 --seconds 15`).
 """
@@ -71,10 +74,10 @@ def bare_processes(labels, seconds: float, threads: int, nice: int) -> list[floa
     return [json.loads(o.strip().splitlines()[-1])["steps_per_s"] for o in out]
 
 
-def actor_run(storage: str, run_id: str, labels, seconds: float, cpus: float) -> list[float]:
+def actor_run(storage: str, run_id: str, labels, seconds: float, resources: list[str]) -> list[float]:
     from orchestrator.run import train
 
-    cfg = bench_config(storage, seconds, run_id, [f"resources.cpus_per_label={cpus:g}"], labels)
+    cfg = bench_config(storage, seconds, run_id, resources, labels)
     return [s["steps_per_s"] for s in train(cfg, evaluate=False).summaries]
 
 
@@ -85,20 +88,22 @@ def worker_niceness() -> int:
     return ray.get(ray.remote(num_cpus=0)(lambda: os.nice(0)).remote())
 
 
-def startup_breakdown(storage: str) -> dict:
-    """Command -> first step of the 10-label demo, from the run's own clocks."""
+def startup_breakdown(storage: str, run_id: str, sets: list[str] = ()) -> dict:
+    """Command -> first step of the 10-label demo, from the run's own clocks, and the driver's
+    own start-up line (where the time went)."""
     t0 = time.time()
-    subprocess.run([sys.executable, "-m", "orchestrator", "train", "--config", "experiments/digits.yaml",
-                    "--set", f"run.storage={storage}", "--set", "run.id=latency", "--set", "train.budget_s=3",
-                    "--set", "metrics.enabled=false"], check=True, cwd=ROOT,
-                   stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    proc = subprocess.run([sys.executable, "-m", "orchestrator", "train", "--config", "experiments/digits.yaml",
+                           "--set", f"run.storage={storage}", "--set", f"run.id={run_id}", "--set", "train.budget_s=3",
+                           "--set", "metrics.enabled=false", *[a for s in sets for a in ("--set", s)]],
+                          check=True, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     import pandas as pd
 
-    run = Path(storage) / "latency"
+    run = Path(storage) / run_id
     summary = pd.read_csv(run / "summary.csv")
     started = float((run / ".started").read_text()) if (run / ".started").is_file() else float("nan")
-    return {"first_step_s": float(summary["first_step_unix"].max()) - t0,
-            "start_line_s": started - t0}
+    line = next((ln.split("start-up: ", 1)[1] for ln in proc.stderr.splitlines() if "start-up: " in ln), "(none)")
+    return {"first_step_s": float(summary["first_step_unix"].max()) - t0, "start_line_s": started - t0,
+            "breakdown": line, "actors": int(summary["labels_in_actor"].count() / summary["labels_in_actor"].max())}
 
 
 def main() -> None:
@@ -116,22 +121,28 @@ def main() -> None:
     import ray
 
     cpus = os.cpu_count() or 1
+    layouts = {"auto": [], "one actor per label": ["resources.labels_per_actor=1"]}
     with tempfile.TemporaryDirectory() as storage:
-        print("start-up of the 10-label demo (fresh local Ray): ", end="", flush=True)
-        start = startup_breakdown(storage)
-        print(f"start line {start['start_line_s']:.1f}s, every label's first step {start['first_step_s']:.1f}s",
-              flush=True)
+        print("start-up of the 10-label demo (fresh local Ray each):", flush=True)
+        starts = {}
+        for i, (name, sets) in enumerate(layouts.items()):
+            starts[name] = s = startup_breakdown(storage, f"latency-{i}", sets)
+            print(f"  {name} ({s['actors']} actors): start line {s['start_line_s']:.1f}s, every label's first step "
+                  f"{s['first_step_s']:.1f}s\n    {s['breakdown']}", flush=True)
         ray.init(address="local", num_cpus=cpus, include_dashboard=False, log_to_driver=False)
         nice = worker_niceness()
-        one_bare, one_actor, many_bare, many_actor = [], [], [], []
+        one_bare, one_actor, many_bare, many_actor, many_packed = [], [], [], [], []
         many = list(range(args.labels))
         for rep in range(args.reps):
             one_bare += bare_processes([LABEL], args.seconds, 1, nice)
-            one_actor += actor_run(storage, f"one-{rep}", [LABEL], args.seconds, 1)
+            one_actor += actor_run(storage, f"one-{rep}", [LABEL], args.seconds, ["resources.cpus_per_label=1"])
             many_bare.append(sum(bare_processes(many, args.seconds, 1, nice)))
-            many_actor.append(sum(actor_run(storage, f"many-{rep}", many, args.seconds, cpus / len(many))))
+            many_actor.append(sum(actor_run(storage, f"many-{rep}", many, args.seconds,
+                                            [f"resources.cpus_per_label={cpus / len(many):g}"])))
+            many_packed.append(sum(actor_run(storage, f"packed-{rep}", many, args.seconds, [])))
             print(f"  rep {rep + 1}/{args.reps}: one label bare {one_bare[-1]:.2f} / actor {one_actor[-1]:.2f} "
-                  f"steps/s; {len(many)} labels bare {many_bare[-1]:.1f} / actors {many_actor[-1]:.1f}", flush=True)
+                  f"steps/s; {len(many)} labels bare {many_bare[-1]:.1f} / actors {many_actor[-1]:.1f} / "
+                  f"auto layout {many_packed[-1]:.1f}", flush=True)
         ray.shutdown()
     med = statistics.median
     print(f"\nlabel actors vs bare processes (digits, 1 thread each, niceness {nice} both, {args.reps} x "
@@ -139,9 +150,12 @@ def main() -> None:
     print(f"  one label   : actor {med(one_actor):7.2f} / bare {med(one_bare):7.2f} steps/s = "
           f"{med(one_actor) / med(one_bare):.3f}  (target >= 0.98)")
     print(f"  {len(many)} labels   : actors {med(many_actor):7.1f} / bare {med(many_bare):7.1f} steps/s in all = "
-          f"{med(many_actor) / med(many_bare):.3f}  (target >= 0.95)")
-    print(f"  command -> start line {start['start_line_s']:.1f}s, -> every label's first step "
-          f"{start['first_step_s']:.1f}s (target < 15s)")
+          f"{med(many_actor) / med(many_bare):.3f}  (one actor per label; target >= 0.95)")
+    print(f"  {len(many)} labels   : auto layout {med(many_packed):7.1f} / bare {med(many_bare):7.1f} steps/s in all = "
+          f"{med(many_packed) / med(many_bare):.3f}  (one actor per core, labels packed)")
+    for name, s in starts.items():
+        print(f"  command -> start line {s['start_line_s']:.1f}s, -> every label's first step "
+              f"{s['first_step_s']:.1f}s ({name}, {s['actors']} actors; target < 15s)")
 
 
 if __name__ == "__main__":

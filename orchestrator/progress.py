@@ -43,6 +43,35 @@ def summary_line(state: dict[int, dict], budget_s: float, elapsed_wall: float) -
     return line + (f"; {restarts} restart(s)" if restarts else "")
 
 
+# The driver's own marks, then each label's (from its progress rows), in the order they pass.
+STARTUP_STAGES = (("driver start (imports, checks)", "driver_ready"), ("Ray start", "ray_up"),
+                  ("actor processes up", "up_unix"), ("data loaded, models built", "loaded_unix"),
+                  ("start line and pre-flight", "training_unix"))
+
+
+def startup_line(marks: dict[str, float], state: dict[int, dict]) -> Optional[str]:
+    """Where the time from the command to every label training went, once every label that has
+    not failed is training (None before). `marks`: the driver's ``command``, ``driver_ready``
+    and ``ray_up`` wall-clock times; a label's marks are the latest of its actor's."""
+    live = [s for s in state.values() if s.get("state") != "failed"]
+    if not live or any(s.get("training_unix") is None for s in live):
+        return None
+    at = dict(marks)
+    for _, key in STARTUP_STAGES[2:]:
+        at[key] = max(float(s.get(key) or 0.0) for s in live)
+    parts, prev = [], at["command"]
+    for name, key in STARTUP_STAGES:
+        t = max(at.get(key) or prev, prev)
+        parts.append(f"{name} {t - prev:.1f}s")
+        prev = t
+    imports = sorted(float(s["up_unix"]) - float(s["spawned_unix"]) for s in live
+                     if s.get("up_unix") and s.get("spawned_unix"))
+    line = f"start-up: {prev - at['command']:.1f}s from the command to every label training: " + ", ".join(parts)
+    if imports:
+        line += f" (a label process takes {imports[len(imports) // 2]:.1f}s from spawn to ready, median)"
+    return line
+
+
 def format_progress(state: dict[int, dict], budget_s: float, elapsed_wall: float, max_rows: int = 16) -> str:
     """The summary line, then a row per label for small runs."""
     lines = [summary_line(state, budget_s, elapsed_wall)]

@@ -125,13 +125,20 @@ def _largest_cpu_share(nodes: list[dict[str, float]], n_labels: int, gpus: float
     return lo / _PRECISION
 
 
-def labels_per_actor(n_labels: int, whole_gpus: int, cfg: ResourcesConfig) -> int:
+def labels_per_actor(n_labels: int, whole_gpus: int, cfg: ResourcesConfig, whole_cpus: int = 0) -> int:
     """How many labels each actor trains: the setting, or with 'auto' as few as keep at most
-    ``max_actors_per_gpu`` processes (CUDA contexts) on each GPU."""
+    ``max_actors_per_gpu`` processes (CUDA contexts) on each GPU. On a cluster without GPUs whose
+    cores the labels divide evenly, one process per core: a share below one core buys nothing a
+    pack does not, and every extra process costs its start (Ray's worker, torch's import) and
+    its memory. Uneven packs would give the labels of the larger ones less of a core, so
+    labels that do not divide evenly keep a process each (the OS shares the cores fairly)."""
     if cfg.labels_per_actor != "auto":
         return min(int(cfg.labels_per_actor), n_labels)
     cap = cfg.max_actors_per_gpu
     if cfg.gpus_per_label == "auto":
+        if whole_gpus < 1 and cfg.cpus_per_label == "auto" and n_labels > whole_cpus >= 1 \
+                and n_labels % whole_cpus == 0:
+            return n_labels // whole_cpus
         if whole_gpus < 1 or n_labels <= whole_gpus * cap:
             return 1
         return math.ceil(n_labels / (whole_gpus * cap))
@@ -151,7 +158,7 @@ def plan_resources(n_labels: int, nodes: list[dict[str, float]], cfg: ResourcesC
     if n_labels < 1:
         raise PlacementError("no labels to train")
     whole_gpus = sum(math.floor(n.get("GPU", 0)) for n in nodes)
-    per_actor = labels_per_actor(n_labels, whole_gpus, cfg)
+    per_actor = labels_per_actor(n_labels, whole_gpus, cfg, sum(math.floor(n.get("CPU", 0)) for n in nodes))
     n_actors = math.ceil(n_labels / per_actor)
     if cfg.autoscale:
         # Nodes do not exist yet: the plan cannot be derived from them, nor checked against them.

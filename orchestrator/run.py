@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import logging
 import os
-import shutil
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -19,12 +18,14 @@ import ray
 from ray.util.placement_group import placement_group, remove_placement_group
 from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
 
+from core import storage
 from core.actors import NAMESPACE, collector_actor, label_actor, live_actors
 from core.config import Config, dump_config, load_config
 from core.errors import ConfigError, PlacementError, RunFailed
 from core.fmt import resources as fmt_resources
 from core.rundir import RunDir, write_csv, write_text
 from core.runlock import RunLock
+from core.storage import join
 from metrics.collector import Collector
 from metrics.finalize import finalize_run
 from metrics.inception import resolve_inception_weights
@@ -34,6 +35,7 @@ from orchestrator.resources import ResourcePlan, plan_resources, plan_scoring
 from orchestrator.supervise import Supervisor
 from workers.data import DatasetInfo, describe
 from workers.models import check_model_size
+from workers.preflight import largest_model, recorded_width
 from workers.trainer import LabelTrainer
 
 logger = logging.getLogger(__name__)
@@ -64,10 +66,11 @@ def place(plan: ResourcePlan, run_id: str, timeout_s: float):
     return pg
 
 
-def start_label_actors(run_dir: Path, cfg: Config, run_id: str, labels, plan: ResourcePlan, pg,
-                       collector: Optional[str] = None) -> dict[tuple[int, ...], ray.actor.ActorHandle]:
+def start_label_actors(run: RunDir, cfg: Config, run_id: str, labels, plan: ResourcePlan, pg,
+                       collector: Optional[str] = None,
+                       max_width: Optional[int] = None) -> dict[tuple[int, ...], ray.actor.ActorHandle]:
     """One named actor per pack of labels (one label each unless the plan packs them), bundle i of
-    the placement group for pack i."""
+    the placement group for pack i. `max_width` caps what model.width auto may choose (the disk's room)."""
     remote_trainer = ray.remote(LabelTrainer)
     return {
         pack: remote_trainer.options(
@@ -78,17 +81,19 @@ def start_label_actors(run_dir: Path, cfg: Config, run_id: str, labels, plan: Re
             max_restarts=cfg.max_restarts,
             max_task_retries=cfg.max_restarts,
             scheduling_strategy=PlacementGroupSchedulingStrategy(pg, placement_group_bundle_index=i),
-        ).remote(str(run_dir), cfg.to_dict(), list(pack), run_id, plan.torch_threads, collector)
+        ).remote(run.location, cfg.to_dict(), list(pack), run_id, plan.torch_threads, collector, max_width=max_width)
         for i, pack in enumerate(plan.packs(labels))
     }
 
 
 def _absolute_paths(cfg: Config) -> Config:
     """Actors on other nodes resolve relative paths against their own working directory:
-    hand them absolute ones (which must be on a shared file system on a multi-node cluster)."""
+    hand them absolute ones (which must be on a shared file system on a multi-node cluster;
+    a store URI needs none)."""
     cfg = cfg.model_copy(deep=True)
     # abspath, not resolve: a symlink stays a symlink, so errors name what the user wrote
-    cfg.run.storage = os.path.abspath(os.path.expanduser(cfg.run.storage))
+    if not storage.is_uri(cfg.run.storage):
+        cfg.run.storage = os.path.abspath(os.path.expanduser(cfg.run.storage))
     if cfg.dataset.root is not None:
         cfg.dataset.root = os.path.abspath(os.path.expanduser(cfg.dataset.root))
     return cfg
@@ -120,6 +125,18 @@ def check_resume_compatible(saved: Config, cfg: Config) -> None:
         )
 
 
+def with_chosen_width(run: RunDir, cfg: Config) -> Config:
+    """`cfg` with model.width auto replaced by the width `run` chose (kept in its config.yaml), once it
+    has: a resumed run is never timed again, and a comparison's baseline gets its ensemble's width."""
+    width = recorded_width(run) if cfg.model.width == "auto" else None
+    if width is None:
+        return cfg
+    logger.info("model.width auto: %d, the width %s chose", width, run.path.name)
+    cfg = cfg.model_copy(deep=True)
+    cfg.model.width = width
+    return cfg
+
+
 def _check_metrics_inputs(cfg: Config, evaluate: bool) -> None:
     """A missing Inception weights file should stop the run before training, not after it."""
     if evaluate and cfg.metrics.feature_extractor == "inception":
@@ -138,37 +155,42 @@ def _refuse_live_run(run_id: str) -> None:
 
 def start_collector(run: RunDir, run_id: str, labels):
     """The run's coordinator; Ray restarts it when it dies, and it rebuilds its view from the run directory."""
-    run.started.unlink(missing_ok=True)  # this driver's labels meet at a fresh start line
+    storage.remove(run.started)  # this driver's labels meet at a fresh start line
     return ray.remote(Collector).options(
         name=collector_actor(run_id), namespace=NAMESPACE, num_cpus=0, max_restarts=-1, max_task_retries=3,
         # An async actor: every label waits at the start line in one call, and each holds a slot.
         max_concurrency=len(labels) + 32,
-    ).remote(str(run.path), list(labels), logging.getLevelName(logger.getEffectiveLevel()))
+    ).remote(run.location, list(labels), logging.getLevelName(logger.getEffectiveLevel()))
 
 
 def train(cfg: Config, address: Optional[str] = None, evaluate: Optional[bool] = None) -> RunResult:
     """Validate, plan, place, train every label at once, collect. Bad input fails before the run
     directory exists; a label that fails does not stop the others (RunFailed names it at the end)."""
     t_start = time.monotonic()
+    marks = {"command": _command_started()}
     cfg = _absolute_paths(cfg)
     check_storage(cfg.run.storage)
     do_eval = cfg.metrics.enabled if evaluate is None else evaluate
     info: DatasetInfo = describe(cfg.dataset)
-    check_model_size(cfg.model, info.channels, info.image_size)  # no 1-billion-parameter surprise on the actors
-    check_run_disk(cfg, info.channels, info.image_size, len(info.labels))  # a full disk fails labels for good
+    # No 1-billion-parameter surprise on the actors (model.width auto: its widest candidate under the cap).
+    check_model_size(largest_model(cfg.model, info.channels, info.image_size), info.channels, info.image_size)
+    disk = check_run_disk(cfg, info.channels, info.image_size, len(info.labels))  # a full disk fails labels for good
     run_id = new_run_id(cfg)
-    run = RunDir(Path(cfg.run.storage) / run_id)
-    resuming = run.config.exists()
+    run = RunDir(join(cfg.run.storage, run_id))
+    resuming = run.exists()
     if resuming:
+        cfg = with_chosen_width(run, cfg)
         check_resume_compatible(load_config(run.config), cfg)
     _check_metrics_inputs(cfg, do_eval)
+    marks["driver_ready"] = time.time()
     connect(address)
+    marks["ray_up"] = time.time()
     _refuse_live_run(run_id)
     plan = plan_resources(len(info.labels), alive_nodes(), cfg.resources)
     logger.info("run %s: %s %dx%dx%d, %d labels, budget %gs per label; %s", run_id, info.name, info.image_size,
                 info.image_size, info.channels, len(info.labels), cfg.train.budget_s, plan.describe())
 
-    existed = run.path.exists()
+    existed = resuming or run.path.exists()
     lock = RunLock(run, ray_address=ray.get_runtime_context().gcs_address)
     pg = None
     actors: dict[tuple[int, ...], ray.actor.ActorHandle] = {}
@@ -189,10 +211,12 @@ def train(cfg: Config, address: Optional[str] = None, evaluate: Optional[bool] =
         pg = place(plan, run_id, cfg.resources.placement_timeout_s)
         write_text(run.config, dump_config(cfg))
         if resuming:
-            logger.info("resuming %s: labels continue from their latest checkpoints", run.path)
+            logger.info("resuming %s: labels continue from their latest checkpoints", run.location)
         collector = start_collector(run, run_id, info.labels)
-        actors.update(start_label_actors(run.path, cfg, run_id, info.labels, plan, pg, collector_actor(run_id)))
-        supervisor = Supervisor(cfg, actors, collector, started=run.started.exists,  # removes finished actors
+        actors.update(start_label_actors(run, cfg, run_id, info.labels, plan, pg, collector_actor(run_id),
+                                         max_width=disk.width))
+        supervisor = Supervisor(cfg, actors, collector, started=lambda: run.has(run.started),  # removes finished actors
+                                startup_marks=marks,
                                 image_size=info.image_size)
         outcome = supervisor.run()
         supervisor.wait_for_exits()
@@ -210,10 +234,10 @@ def train(cfg: Config, address: Optional[str] = None, evaluate: Optional[bool] =
             raise RunFailed(
                 f"{len(outcome.failures)} of {len(info.labels)} labels failed: "
                 + "; ".join(f"label {k}: {msg}" for k, msg in sorted(outcome.failures.items()))
-                + f". The other labels finished; checkpoints are kept in {run.path}. Fix the cause and re-run "
+                + f". The other labels finished; checkpoints are kept in {run.location}. Fix the cause and re-run "
                   f"the same command with --set run.id={run_id} to resume (finished labels are not retrained)."
             )
-        logger.info("run directory: %s", run.path)
+        logger.info("run directory: %s", run.location)
         return RunResult(run.path, plan, summaries, outputs, time.monotonic() - t_start)
     except (ConfigError, KeyboardInterrupt):
         # Bad input or an interrupt before any work was saved: leave no half-written run (only ours:
@@ -222,13 +246,31 @@ def train(cfg: Config, address: Optional[str] = None, evaluate: Optional[bool] =
         ours = lock.held
         lock.release()
         if ours and not existed and not run.has_checkpoints(info.labels):
-            shutil.rmtree(run.path, ignore_errors=True)
+            run.remove()
         raise
     finally:
         release()
         if collector is not None:
             ray.kill(collector, no_restart=True)
         lock.release()
+
+
+_trained_before = False
+
+
+def _command_started() -> float:
+    """When the user's command began: this process's start for its first run, else now (a
+    comparison trains several runs in one process)."""
+    global _trained_before
+    first, _trained_before = not _trained_before, True
+    if first:
+        try:
+            import psutil  # a dependency of Ray
+
+            return psutil.Process().create_time()
+        except Exception:
+            pass
+    return time.time()
 
 
 SUMMARY_COLUMNS = ["label", "steps", "elapsed_s", "steps_per_s", "images_per_s", "critic_loss",
@@ -245,7 +287,7 @@ def write_summary(run: RunDir, summaries: list[dict]) -> Path:
 def score_on_cluster(run: RunDir, address: Optional[str] = None, overrides: Optional[list[str]] = None) -> dict:
     """`wcgan evaluate` against a cluster: the end-of-run scoring task, on its own."""
     connect(address)
-    return _finalize(RunDir(run.path.resolve()), True, overrides)  # the task may run on another node
+    return _finalize(run, True, overrides)
 
 
 def _finalize(run: RunDir, evaluate: bool, overrides: Optional[list[str]] = None) -> dict:
@@ -255,13 +297,13 @@ def _finalize(run: RunDir, evaluate: bool, overrides: Optional[list[str]] = None
     logger.info("scoring with %s", fmt_resources(res["num_gpus"], res["num_cpus"]))
     task = ray.remote(finalize_run).options(**res, max_retries=0)
     try:
-        outputs = ray.get(task.remote(str(run.path), evaluate, threads=int(res["num_cpus"]),
+        outputs = ray.get(task.remote(run.location, evaluate, threads=int(res["num_cpus"]),
                                       log_level=logging.getLevelName(logger.getEffectiveLevel()), overrides=overrides))
         return {k: v for k, v in outputs.items() if k in ("grid", "results", "report")}
     except ray.exceptions.RayError as err:
         raise RunFailed(f"every label finished, but scoring failed ({type(err).__name__}: "
                         f"{str(err).strip().splitlines()[-1] if str(err).strip() else err!r}). Training is kept in "
-                        f"{run.path}; `wcgan evaluate --run {run.path}` scores it again.") from err
+                        f"{run.location}; `wcgan evaluate --run {run.location}` scores it again.") from err
 
 
 __all__ = ["train", "RunResult", "new_run_id"]

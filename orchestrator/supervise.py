@@ -27,7 +27,7 @@ import ray
 from core.config import Config
 from core.errors import ConfigError
 from orchestrator.preflight import budget_projection
-from orchestrator.progress import ProgressView
+from orchestrator.progress import ProgressView, startup_line
 
 logger = logging.getLogger(__name__)
 
@@ -47,7 +47,8 @@ def stall_timeout_s(cfg: Config) -> float:
 
 class Supervisor:
     def __init__(self, cfg: Config, actors: dict[tuple[int, ...], ray.actor.ActorHandle], collector,
-                 started: Callable[[], bool] = lambda: False, image_size: Optional[int] = None):
+                 started: Callable[[], bool] = lambda: False, image_size: Optional[int] = None,
+                 startup_marks: Optional[dict[str, float]] = None):
         """`actors`: each actor keyed by the labels it trains (finished ones are removed from it)."""
         self.cfg = cfg
         self.actors = actors
@@ -62,6 +63,7 @@ class Supervisor:
         self.view = ProgressView(logger)
         self.image_size = image_size
         self._projected = False  # the pre-flight projection was shown
+        self._startup_marks = startup_marks  # the driver's; None once the start-up line was shown
 
     def run(self) -> Outcome:
         try:
@@ -83,6 +85,11 @@ class Supervisor:
             progress = self._poll_progress()
             if progress and opened is not None and not self._projected and self.image_size:
                 self._show_projection(progress)
+            if progress and self._startup_marks is not None:
+                line = startup_line(self._startup_marks, progress)
+                if line is not None:
+                    logger.info(line)
+                    self._startup_marks = None
             if progress:
                 self.view.show(progress, train.budget_s, time.monotonic() - t0)
             if time.monotonic() > (opened or t0) + train.budget_s + train.deadline_grace_s:

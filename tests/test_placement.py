@@ -11,6 +11,7 @@ from ray.cluster_utils import Cluster
 from conftest import small_config  # noqa: E402
 from core.config import ResourcesConfig
 from core.errors import PlacementError
+from core.rundir import RunDir
 from orchestrator.resources import plan_resources
 from core.actors import NAMESPACE, label_actor
 from orchestrator.run import place, start_label_actors
@@ -125,7 +126,7 @@ def test_one_actor_per_gpu_across_nodes(gpu_cluster, tmp_path):
     pg = place(plan, "gpu-test", timeout_s=60)
     actors = {}
     try:
-        actors = start_label_actors(tmp_path, cfg, "gpu-test", labels, plan, pg)
+        actors = start_label_actors(RunDir(tmp_path), cfg, "gpu-test", labels, plan, pg)
         where = ray.get([a.placement.remote() for a in actors.values()], timeout=300)
         pairs = {(w["node_id"], w["gpu_ids"][0]) for w in where}
         assert all(len(w["gpu_ids"]) == 1 for w in where)

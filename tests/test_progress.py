@@ -55,3 +55,20 @@ def test_on_a_terminal_the_table_is_redrawn_in_place_unless_something_was_logged
 def test_large_runs_show_the_summary_only():
     state = {k: {"state": "setting up"} for k in range(1000)}
     assert summary_line(state, 60.0, 5.0) == "[     5s] setting up 1000 labels: 0 done; budget left 60s"
+
+
+def test_the_start_up_line_waits_for_every_live_label_and_splits_the_time_into_stages():
+    from orchestrator.progress import startup_line
+
+    marks = {"command": 100.0, "driver_ready": 102.0, "ray_up": 105.5}
+    state = {0: {"state": "loaded", "spawned_unix": 106.0, "up_unix": 108.0, "loaded_unix": 109.0, "training_unix": 110.0},
+             1: {"state": "setting up", "spawned_unix": 106.5, "up_unix": 109.0}}
+    assert startup_line(marks, state) is None  # label 1 is not training yet
+    state[1].update(state="training", loaded_unix=111.0, training_unix=112.5)
+    line = startup_line(marks, state)
+    assert line.startswith("start-up: 12.5s from the command to every label training")
+    for part in ("driver start (imports, checks) 2.0s", "Ray start 3.5s", "actor processes up 3.5s",
+                 "data loaded, models built 2.0s", "start line and pre-flight 1.5s", "spawn to ready, median"):
+        assert part in line
+    state[2] = {"state": "failed"}  # a failed label does not hold the line back
+    assert startup_line(marks, state) is not None

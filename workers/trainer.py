@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import copy
 import logging
+import math
 import os
 import socket
 import time
@@ -33,12 +34,14 @@ from core.config import Config
 from core.devices import hide_unassigned_gpus, visible_gpus
 from core.errors import ConfigError
 from core.logs import configure as configure_logging
+from core import storage
 from core.rundir import History, RunDir, write_text
 from workers.checkpoint import Checkpointer, Resume, restore
 from workers.data import load_label
 from workers.gan import WGANGP, pick_device, use_fast_fixed_shape_kernels
 from workers.loop import BudgetedLoop
 from workers.pack import Pack
+from workers.preflight import candidate_widths, choose_width, min_generator_steps, projected_steps, recorded_width
 
 logger = logging.getLogger(__name__)
 
@@ -58,7 +61,8 @@ class Lane:
 
 class LabelTrainer:
     def __init__(self, run_dir: str, cfg: dict, labels: Union[int, Sequence[int]], run_id: str, threads: int = 1,
-                 collector_name: Optional[str] = None):
+                 collector_name: Optional[str] = None, max_width: Optional[int] = None):
+        self.up_unix = time.time()  # this module (torch included) is imported: the process is up
         hide_unassigned_gpus()  # before anything can touch CUDA: only the GPUs Ray gave this actor
         configure_logging()  # this process's messages reach the driver's terminal through Ray
         self.rundir = RunDir(run_dir)
@@ -70,6 +74,8 @@ class LabelTrainer:
         # collector again without Ray keeping constructor arguments alive for it.
         self.collector_name = collector_name
         self._collector = None
+        self._loaded: dict[int, torch.Tensor] = {}  # width auto: images loaded before their lanes
+        self.max_width = max_width  # model.width auto: at most this (the widest whose run fits the disk)
 
     def placement(self) -> dict:
         """Where Ray put this actor: node, GPU ids it was given, what CUDA may see, process."""
@@ -90,7 +96,7 @@ class LabelTrainer:
 
     def _lane(self, label: int, device: torch.device) -> Lane:
         cfg = self.cfg
-        images = load_label(cfg.dataset, label, "train")
+        images = self._images(label)
         pair = WGANGP.build(cfg.model, cfg.train, images, device, seed=cfg.train.seed * 1000 + label)
         for stale in self.rundir.sweep_temporaries(label):  # a killed predecessor's half-written files
             logger.info("label %d: removed %s", label, stale.name)
@@ -101,12 +107,22 @@ class LabelTrainer:
                     Checkpointer(self.rundir, label, pair, cfg, resume, restarts, [label], pair.images_per_step),
                     _telemetry(self.run_id, label, resume.start_step))
 
-    def _setup(self) -> tuple[dict[int, Lane], dict[int, ConfigError]]:
-        """Every label's lane. Bad data of one label (a DataError naming the file) fails that label
-        alone; the pack trains the others. Anything else fails the whole actor."""
+    def _device(self) -> torch.device:
         torch.set_num_threads(self.threads)
         device = pick_device()
         use_fast_fixed_shape_kernels(device)
+        return device
+
+    def _images(self, label: int) -> torch.Tensor:
+        """The label's training images: loaded now, or handed over from width auto's timing, which loads
+        them before the lanes exist."""
+        images = self._loaded.pop(label, None)
+        return load_label(self.cfg.dataset, label, "train") if images is None else images
+
+    def _setup(self) -> tuple[dict[int, Lane], dict[int, ConfigError]]:
+        """Every label's lane. Bad data of one label (a DataError naming the file) fails that label
+        alone; the pack trains the others. Anything else fails the whole actor."""
+        device = self._device()
         lanes: dict[int, Lane] = {}
         bad: dict[int, ConfigError] = {}
         for label in self.labels:
@@ -127,9 +143,12 @@ class LabelTrainer:
         train = self.cfg.train
         load_start = time.monotonic()
         # First word of this incarnation: the driver stops reading the last one's (maybe stale) progress.
-        self._report("progress", {k: {"state": "setting up"} for k in self.labels})
+        self._report("progress", {k: {"state": "setting up", "up_unix": self.up_unix, "spawned_unix": _spawned_unix()}
+                                  for k in self.labels})
         try:
+            self._resolve_width()
             lanes, bad = self._setup()
+            loaded_unix = time.time()
         except BaseException as err:
             # Tell the collector, so the other labels do not wait for these at the start line.
             for label in self.labels:
@@ -147,8 +166,10 @@ class LabelTrainer:
                                       "budget_s": train.budget_s, "restarts": ln.restarts, "state": "loaded",
                                       "resumed_from_s": ln.resume.elapsed_s, "setup_s": setup_s,
                                       "device": str(ln.pair.device), "step_s": round_s,
-                                      "projected_steps": ln.pair.generator_steps + int(
-                                          max(0.0, train.budget_s - ln.resume.elapsed_s) / round_s)}
+                                      "width": self.cfg.model.width, "loaded_unix": loaded_unix,
+                                      "training_unix": time.time(),
+                                      "projected_steps": ln.pair.generator_steps + projected_steps(
+                                          round_s, train.budget_s - ln.resume.elapsed_s)}
                                   for k, ln in lanes.items()})
         # Labels that finished before this session (a pack re-formed on resume) are not trained again.
         done = {k: ln for k, ln in lanes.items() if self._finished(ln)}
@@ -199,6 +220,55 @@ class LabelTrainer:
         self._report("done", summaries)
         return {"summaries": summaries, "failures": bad}
 
+    # ------------------------------------------------------------------ model.width: auto
+
+    def _resolve_width(self) -> None:
+        """model.width auto: the run's one width (sampling, scoring and resume rebuild one architecture
+        from config.yaml), chosen once: a restarted actor, like a resumed run, reads it from there."""
+        if self.cfg.model.width != "auto":
+            return
+        width = recorded_width(self.rundir)
+        if width is None:
+            pick = self._pick_width()
+            if pick is None:
+                return  # no label's data loads: each fails in _setup, naming its file
+            width = pick if self.collector is None else int(self._ask_collector("agree_width", self.labels, pick))
+        self.cfg.model.width = width
+
+    def _pick_width(self) -> Optional[int]:
+        """This actor's widest width whose projected steps reach the minimum for the resolution, else
+        the narrowest; timed on a throwaway pair per probed width once every label of the run has
+        loaded its data (the start line), so the device is as busy as in training."""
+        device = self._device()
+        for label in self.labels:
+            try:
+                self._loaded[label] = load_label(self.cfg.dataset, label, "train")
+            except ConfigError:
+                pass  # fails again in _setup: that label alone, or the actor when it trains only that one
+        self._wait_for_all_labels(self.labels)
+        if not self._loaded:
+            return None
+        # Batches are drawn at random, so any images time alike: one batch's worth is copied per probe.
+        images = next(iter(self._loaded.values()))[: self.cfg.train.batch_size]
+        size = int(images.shape[2])
+
+        def seconds_per_step(width: int) -> float:
+            try:
+                pair = WGANGP.build(self.cfg.model.model_copy(update={"width": width}), self.cfg.train, images,
+                                    device, seed=self.cfg.train.seed)
+                return _seconds_per_step(pair, n=2)
+            except torch.cuda.OutOfMemoryError:
+                return math.inf  # does not fit beside the device's other labels
+
+        widths = candidate_widths(self.cfg.model, int(images.shape[1]), size, self.max_width)
+        width, projected = choose_width(widths, seconds_per_step, self.cfg.train.budget_s, min_generator_steps(size),
+                                        labels=len(self._loaded))
+        if device.type == "cuda":  # give the probes' memory back to the labels sharing the GPU
+            torch.cuda.empty_cache()
+            torch.cuda.reset_peak_memory_stats(device)
+        logger.debug("labels %s: model.width auto picks %d (about %d generator steps)", self.labels, width, projected)
+        return width
+
     def _finished(self, lane: Lane) -> bool:
         train = self.cfg.train
         return lane.resume.elapsed_s >= train.budget_s or (
@@ -231,6 +301,7 @@ class LabelTrainer:
         two deaths within one checkpoint interval must count twice."""
         path = self.rundir.owner_dir(label) / ".restarts"
         try:
+            storage.pull(path)
             counted = int(path.read_text())
         except (OSError, ValueError):
             counted = 0
@@ -256,16 +327,19 @@ class LabelTrainer:
         the labels would not share the machine equally within the budget. One call, answered
         when the line opens; if the collector dies meanwhile, Ray restarts it and we ask again.
         """
-        if self.collector is None:
-            return
+        if self.collector is not None:
+            self._ask_collector("wait_for_start", labels, retry_s=retry_s)
+
+    def _ask_collector(self, method: str, *args, retry_s: float = 1.0):
+        """A call the collector answers when it can (the start line, the width); if it dies meanwhile,
+        Ray restarts it and we ask again."""
         import ray
 
         while True:
             try:
-                ray.get(self.collector.wait_for_start.remote(labels))
-                return
+                return ray.get(getattr(self.collector, method).remote(*args))
             except ray.exceptions.RayActorError:
-                logger.warning("labels %s: the collector died at the start line; asking its successor", labels)
+                logger.warning("labels %s: the collector died during %s; asking its successor", self.labels, method)
                 time.sleep(retry_s)
 
     def _report(self, kind: str, updates: dict[int, dict]) -> None:
@@ -283,14 +357,29 @@ def _time_steps(pair: WGANGP, n: int = 3) -> float:
     """Seconds per generator step of `pair`, timed on steps that are then undone: networks,
     optimisers, step count and RNG are restored, so training is exactly as if none had run."""
     saved = copy.deepcopy(pair.state_dict())
-    pair.step()  # warm-up: allocator, cuDNN autotuning
+    seconds = _seconds_per_step(pair, n)
+    pair.load_state_dict(saved)
+    return seconds
+
+
+def _seconds_per_step(pair: WGANGP, n: int) -> float:
+    """Seconds per generator step over `n` steps after one warm-up step (allocator, cuDNN autotuning)."""
+    pair.step()
     t0 = time.monotonic()
     for _ in range(n):
         stats = pair.step()
     float(stats.critic_loss)  # waits for the device
-    seconds = (time.monotonic() - t0) / n
-    pair.load_state_dict(saved)
-    return seconds
+    return (time.monotonic() - t0) / n
+
+
+def _spawned_unix() -> Optional[float]:
+    """When this worker process was created (for the driver's start-up breakdown)."""
+    try:
+        import psutil  # a dependency of Ray
+
+        return psutil.Process().create_time()
+    except Exception:
+        return None
 
 
 def _peak_gpu_mb(device: torch.device, labels: int) -> Optional[float]:
