@@ -34,6 +34,10 @@ bench: $(STAMP)  ## throughput ratio vs a bare loop, start-up latency, placement
 	$(BIN)/python bench/describe_scale.py
 	$(BIN)/python bench/scoring.py
 
+.PHONY: recipe-sweep
+recipe-sweep: $(STAMP)  ## per-label recipe sweep at the demo's 24 s share, no Ray (18 recipes x 3 labels x 2 seeds, ~30 min on 2 cores)
+	$(BIN)/python bench/recipe_sweep.py $(ARGS)
+
 gpu-check: $(STAMP)  ## on a GPU machine (258 s on one H100): devices, actor/bare ratio, 10 labels shared vs packed, bf16 on/off
 	$(BIN)/python bench/gpu_check.py $(ARGS)
 
