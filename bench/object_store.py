@@ -47,6 +47,9 @@ def final_scores(results_csv: Path) -> dict:
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--reps", type=int, default=1)
+    parser.add_argument("--local-storage", default=None,
+                        help="run.storage of the local runs (default: a temporary folder); an existing one "
+                             "reuses its classifier cache, so scores compare with earlier runs there")
     parser.add_argument("extra", nargs="*", help="more wcgan train arguments, after --")
     args = parser.parse_args()
     rows = []
@@ -56,9 +59,10 @@ def main() -> int:
                 cache = Path(tmp) / f"cache-{kind}-{rep}"
                 env = {**os.environ, **s3_env, "WCGAN_CACHE_DIR": str(cache)}
                 run_id = f"bench-{kind}-{rep}"
-                storage = str(Path(tmp) / "runs") if kind == "local" else f"s3://{BUCKET}/runs"
+                local_root = Path(args.local_storage or Path(tmp) / "runs").absolute()
+                storage = str(local_root) if kind == "local" else f"s3://{BUCKET}/runs"
                 out = run_demo(storage, run_id, env, args.extra)
-                local_dir = Path(tmp) / "runs" / run_id if kind == "local" else cache / "store" / "s3" / BUCKET / "runs" / run_id
+                local_dir = local_root / run_id if kind == "local" else cache / "store" / "s3" / BUCKET / "runs" / run_id
                 row = {"storage": kind, "rep": rep, "wall_s": round(out["wall_s"], 1),
                        **final_scores(local_dir / "results.csv")}
                 rows.append(row)
