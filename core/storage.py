@@ -40,6 +40,11 @@ TMP_PREFIX = ".tmp-"
 LOCAL_ONLY = frozenset({".lock"})
 
 
+CREDENTIALS_HINT = (" Credentials and endpoints come from the cloud SDK's environment: for S3, "
+                    "AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY (or AWS_PROFILE, or an instance role) and, for an "
+                    "S3-compatible server, AWS_ENDPOINT_URL; for GCS, GOOGLE_APPLICATION_CREDENTIALS.")
+
+
 class StorageError(OSError):
     """The store refused or could not be reached; the message names the URI and the usual fix."""
 
@@ -114,8 +119,8 @@ def _filesystem(scheme: str, bucket: str):
 
     try:
         fs, _ = pafs.FileSystem.from_uri(f"{scheme}://{bucket}")
-    except Exception as err:
-        raise StorageError(f"{scheme}://{bucket}: pyarrow cannot open this kind of store ({err})") from None
+    except Exception as err:  # an unknown scheme, or (S3) the bucket's region could not be looked up
+        raise StorageError(f"{scheme}://{bucket}: cannot open the store: {_first_line(err)}.{CREDENTIALS_HINT}") from None
     return fs
 
 
@@ -311,9 +316,7 @@ def check_remote(location: str) -> None:
     root = local_path(location)
     fs, key = _remote(root)
     bucket = key.split("/", 1)[0]
-    hint = (" Credentials and endpoints come from the cloud SDK's environment: for S3, "
-            "AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY (or AWS_PROFILE, or an instance role) and, for an "
-            "S3-compatible server, AWS_ENDPOINT_URL; for GCS, GOOGLE_APPLICATION_CREDENTIALS.")
+    hint = CREDENTIALS_HINT
     from pyarrow.fs import FileType
 
     try:

@@ -16,7 +16,7 @@ from typing import Optional, Sequence
 from core.errors import ConfigError, RunFailed
 from core.logs import configure as configure_logging
 from core.rundir import RunDir
-from core.storage import uri_of
+from core.storage import StorageError, uri_of
 from orchestrator.args import add_config_args, config_from_args
 
 
@@ -246,7 +246,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     configure_logging(logging.WARNING if args.quiet else logging.DEBUG if args.verbose else logging.INFO)
     try:
         return args.func(args)
-    except ConfigError as err:  # bad input: the message says what to fix
+    except (ConfigError, StorageError) as err:  # bad input, or a store it cannot use: the message says what to fix
         print(f"wcgan {args.command}: error: {err}", file=sys.stderr)
         return 2
     except RunFailed as err:  # set up right, but did not finish: the message says how to resume

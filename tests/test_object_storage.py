@@ -80,6 +80,8 @@ def test_a_bad_bucket_or_missing_credentials_fails_before_any_actor_with_exit_2(
     assert main([*base, "--set", "run.storage=s3://no-such-bucket/runs"]) == 2
     err = capsys.readouterr().err
     assert "bucket 'no-such-bucket'" in err and "does not exist" in err
+    assert main(["sample", "--run", "s3://no-such-bucket/runs/x", "--out", str(tmp_path / "g.png")]) == 2
+    assert "s3://no-such-bucket/runs/x" in capsys.readouterr().err and not (tmp_path / "g.png").exists()
 
     monkeypatch.delenv("AWS_ACCESS_KEY_ID")
     monkeypatch.delenv("AWS_SECRET_ACCESS_KEY")
