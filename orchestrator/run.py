@@ -24,6 +24,7 @@ from core.config import Config, dump_config, load_config
 from core.errors import ConfigError, PlacementError, RunFailed
 from core.fmt import resources as fmt_resources
 from core.rundir import RunDir, write_csv, write_text
+from core.process import started_unix
 from core.runlock import RunLock
 from core.storage import join
 from metrics.collector import Collector
@@ -263,14 +264,7 @@ def _command_started() -> float:
     comparison trains several runs in one process)."""
     global _trained_before
     first, _trained_before = not _trained_before, True
-    if first:
-        try:
-            import psutil  # a dependency of Ray
-
-            return psutil.Process().create_time()
-        except Exception:
-            pass
-    return time.time()
+    return started_unix() if first else time.time()
 
 
 SUMMARY_COLUMNS = ["label", "steps", "elapsed_s", "steps_per_s", "images_per_s", "critic_loss",

@@ -34,6 +34,7 @@ from core.config import Config
 from core.devices import hide_unassigned_gpus, visible_gpus
 from core.errors import ConfigError
 from core.logs import configure as configure_logging
+from core.process import started_unix
 from core import storage
 from core.rundir import History, RunDir, write_text
 from workers.checkpoint import Checkpointer, Resume, restore
@@ -143,7 +144,7 @@ class LabelTrainer:
         train = self.cfg.train
         load_start = time.monotonic()
         # First word of this incarnation: the driver stops reading the last one's (maybe stale) progress.
-        self._report("progress", {k: {"state": "setting up", "up_unix": self.up_unix, "spawned_unix": _spawned_unix()}
+        self._report("progress", {k: {"state": "setting up", "up_unix": self.up_unix, "spawned_unix": started_unix()}
                                   for k in self.labels})
         try:
             self._resolve_width()
@@ -370,16 +371,6 @@ def _seconds_per_step(pair: WGANGP, n: int) -> float:
         stats = pair.step()
     float(stats.critic_loss)  # waits for the device
     return (time.monotonic() - t0) / n
-
-
-def _spawned_unix() -> Optional[float]:
-    """When this worker process was created (for the driver's start-up breakdown)."""
-    try:
-        import psutil  # a dependency of Ray
-
-        return psutil.Process().create_time()
-    except Exception:
-        return None
 
 
 def _peak_gpu_mb(device: torch.device, labels: int) -> Optional[float]:
